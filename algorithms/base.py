@@ -1,0 +1,44 @@
+"""What every algorithm receives and returns.
+
+An algorithm is a pure function
+    algo(loss, params, inner_state, episodes, cfg) -> MetaStep
+of the task loss, the current initialisation, the carried inner optimizer state,
+a meta-batch of episodes (tasks first) and the run's settings. It never touches
+files, devices or logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from torch import Tensor
+
+from .inner import InnerOptimizer, Params, State, TaskLoss
+
+if TYPE_CHECKING:
+    from bench.config import Config
+    from bench.episodes import Episode
+
+
+@dataclass
+class MetaStep:
+    """The result of one meta-iteration's computation, before the outer optimizer runs.
+
+    `grad` is the meta-gradient: the outer optimizer moves the initialisation by
+    phi <- phi - meta_lr * grad (SGD) or feeds it to Adam. `inner_state` is the
+    inner optimizer state to carry to the next meta-iteration. `logs` holds scalars
+    as tensors (converted to numbers only when logged, so no host sync per step).
+    """
+
+    grad: Params
+    inner_state: State
+    logs: dict[str, Tensor]
+
+
+Algorithm = Callable[[TaskLoss, Params, State, "Episode", "Config"], MetaStep]
+
+
+def inner_optimizer(cfg: "Config") -> InnerOptimizer:
+    """The inner optimizer that cfg's `inner_*` settings describe."""
+    return InnerOptimizer(cfg.inner_optimizer, cfg.inner_lr, cfg.inner_beta1, cfg.inner_beta2, cfg.inner_eps)

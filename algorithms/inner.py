@@ -1,0 +1,109 @@
+"""The shared functional inner loop: SGD and Adam over parameter dicts.
+
+Everything here is a pure function of tensors, so it runs unchanged one task at a
+time (the serial path), under `torch.func.vmap` over the tasks of a meta-batch (the
+batched path), and under autograd when an algorithm differentiates through it.
+
+The optimizer state is a dict of tensors: Adam's first and second moments per
+parameter and its step count `t`; SGD has none. The step count is a tensor so that
+a state carried across tasks, meta-iterations and evaluation (the reference code's
+behaviour, PAPERS.md section 4) stays inside the computation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+
+Params = dict[str, Tensor]
+State = dict[str, Tensor]
+TaskLoss = Callable[[Params, Tensor, Tensor], Tensor]
+"""loss(params, x, y) -> scalar, for one task's minibatch."""
+
+
+@dataclass(frozen=True)
+class InnerOptimizer:
+    """Settings of the per-task optimizer (`inner_*` in the run config)."""
+
+    kind: str  # "sgd" or "adam"
+    lr: float
+    beta1: float = 0.0
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def init(self, params: Params) -> State:
+        """A fresh state for `params` (empty for SGD)."""
+        if self.kind == "sgd":
+            return {}
+        state = {f"m.{k}": torch.zeros_like(p) for k, p in params.items()}
+        state.update({f"v.{k}": torch.zeros_like(p) for k, p in params.items()})
+        state["t"] = torch.zeros((), dtype=next(iter(params.values())).dtype,
+                                 device=next(iter(params.values())).device)
+        return state
+
+    def step(self, params: Params, grads: Params, state: State) -> tuple[Params, State]:
+        """One update; returns new dicts and leaves the inputs untouched."""
+        if self.kind == "sgd":
+            return {k: p - self.lr * grads[k] for k, p in params.items()}, state
+        # Adam (Kingma & Ba, Algorithm 1) with bias correction from the (carried) step count.
+        t = state["t"] + 1
+        corr1 = 1 - self.beta1 ** t
+        corr2 = 1 - self.beta2 ** t
+        new_params, new_state = {}, {"t": t}
+        for k, p in params.items():
+            g = grads[k]
+            m = self.beta1 * state[f"m.{k}"] + (1 - self.beta1) * g
+            v = self.beta2 * state[f"v.{k}"] + (1 - self.beta2) * g * g
+            new_params[k] = p - self.lr * (m / corr1) / ((v / corr2).sqrt() + self.eps)
+            new_state[f"m.{k}"], new_state[f"v.{k}"] = m, v
+        return new_params, new_state
+
+
+def adapt(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: State,
+          xs: Tensor, ys: Tensor) -> tuple[Params, State, Tensor]:
+    """Train one task: one optimizer step per minibatch `xs[s], ys[s]` (steps first).
+
+    Returns the adapted parameters W, the final optimizer state and each step's loss.
+    """
+    step_grad = grad_and_value(loss)
+    losses = []
+    for s in range(xs.shape[0]):
+        grads, value = step_grad(params, xs[s], ys[s])
+        params, state = opt.step(params, grads, state)
+        losses.append(value)
+    return params, state, torch.stack(losses)
+
+
+def adapt_tasks(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: State,
+                xs: Tensor, ys: Tensor, *, batched: bool, chain_state: bool
+                ) -> tuple[Params, State, Tensor]:
+    """Adapt every task of a meta-batch from the same `params` (tasks first in xs, ys).
+
+    Returns the adapted parameters stacked over tasks, the state to carry on, and the
+    losses (tasks x steps).
+
+    chain_state=True is the reference code's behaviour: the optimizer state flows from
+    one task to the next. The serial path does exactly that. The batched path cannot
+    (the tasks run at once), so every task starts from `state` and the mean of their
+    final states is carried on; with chain_state=False every task starts from `state`
+    and the returned state is `state` itself, identical on both paths.
+    """
+    if batched:
+        adapted, finals, losses = vmap(partial(adapt, loss, opt), in_dims=(None, None, 0, 0))(
+            params, state, xs, ys)
+        carried = {k: v.mean(0) for k, v in finals.items()} if chain_state else state
+        return adapted, carried, losses
+    outs, losses, current = [], [], state
+    for i in range(xs.shape[0]):
+        w, final, task_losses = adapt(loss, opt, params, current if chain_state else state, xs[i], ys[i])
+        if chain_state:
+            current = final
+        outs.append(w)
+        losses.append(task_losses)
+    adapted = {k: torch.stack([w[k] for w in outs]) for k in params}
+    return adapted, current, torch.stack(losses)

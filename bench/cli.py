@@ -1,0 +1,61 @@
+"""Command line: `python -m bench run|presets ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import available_presets, load_config, parse_overrides, preset_values
+from .errors import BenchError
+
+PRESET_COLUMNS = ("task", "ways", "shots", "train_shots", "inner_optimizer", "inner_lr", "inner_steps",
+                  "inner_batch", "meta_batch", "meta_iters", "eval_steps", "eval_batch")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="meta-train one algorithm with one seed and evaluate it")
+    r.add_argument("--algo", required=True, help="algorithm name, e.g. reptile")
+    r.add_argument("--preset", default="omniglot-5w1s", help="preset name (see `presets`)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set meta_iters=1000 (repeatable)")
+    r.add_argument("--results", default="results", help="results folder (default: results)")
+    r.add_argument("--data", default=None, help="data root (default: $BENCH_DATA, else a per-user cache)")
+    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    r.add_argument("--force", action="store_true", help="overwrite an existing run")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("presets", help="list the presets and their key settings")
+    return p
+
+
+def _presets() -> None:
+    rows = [[name] + [str(preset_values(name)[c]) for c in PRESET_COLUMNS] for name in available_presets()]
+    header = ["preset", *PRESET_COLUMNS]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "presets":
+            _presets()
+            return 0
+        from .runner import run  # imports torch: keep `presets` instant
+
+        overrides = parse_overrides(args.overrides)
+        cfg = load_config(args.preset, overrides)
+        final = run(cfg, algo=args.algo, preset=args.preset, seed=args.seed, results=args.results,
+                    data=args.data, device=args.device, force=args.force,
+                    progress=not args.no_progress, overrides=overrides)
+        print(json.dumps(final, indent=2, sort_keys=True))
+        return 0
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

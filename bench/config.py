@@ -1,0 +1,231 @@
+"""Typed run settings, the TOML presets that pin them, and `--set key=value` overrides.
+
+Every setting that can change a result lives in `Config`, with a docstring saying
+what it means. Presets (``bench/presets/*.toml``) pin every value with a comment
+citing its source; nothing a preset leaves out is silently defaulted (a preset
+that omits a setting is an error), so a run is fully described by its preset
+name plus the overrides recorded in ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Any, get_type_hints
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+TASKS = ("omniglot", "sine")
+OPTIMIZERS = ("sgd", "adam")
+INNER_STATES = ("carry", "reset")
+ACTIVATIONS = ("tanh", "relu")
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of one run. Field names follow the paper's vocabulary (STYLE.md)."""
+
+    # --- the task -------------------------------------------------------------
+    task: str
+    """Data set: "omniglot" or "sine"."""
+    ways: int
+    """Classes per episode (N). Ignored by the sine task."""
+    shots: int
+    """Support examples per class at evaluation (K); for the sine task, support points."""
+    train_shots: int
+    """Examples per class drawn for each meta-training task (the reference's --train-shots);
+    for the sine task, the points of one training task."""
+    val_chars: int
+    """Omniglot characters carved from the end of the 1,200 meta-training characters as a
+    validation split for model selection (0: the paper's protocol, no validation split)."""
+    activation: str
+    """Hidden activation of the sine MLP: "tanh" (the public example) or "relu" (the paper)."""
+
+    # --- the inner loop (per task) --------------------------------------------
+    inner_optimizer: str
+    """"sgd" or "adam" (functional, over parameter dicts)."""
+    inner_lr: float
+    """Inner learning rate (alpha)."""
+    inner_beta1: float
+    """Adam's beta1 for the inner loop (the Reptile paper uses 0)."""
+    inner_beta2: float
+    """Adam's beta2 for the inner loop."""
+    inner_eps: float
+    """Adam's epsilon for the inner loop."""
+    inner_steps: int
+    """Inner optimizer steps per meta-training task (k)."""
+    inner_batch: int
+    """Examples per inner minibatch; minibatches are drawn without replacement, reshuffling
+    when the task's examples run out (the reference's `_mini_batches`)."""
+    inner_state: str
+    """What happens to the inner optimizer's state (Adam moments and step count) between
+    tasks: "carry" keeps it from task to task and into evaluation, as the reference code
+    does (only the weights are reset); "reset" starts every task from a fresh state.
+    The batched path cannot chain the state from task to task within a meta-batch: all
+    tasks of a meta-batch start from the carried state and the mean of their final states
+    is carried to the next meta-iteration (see `algorithms.inner`)."""
+
+    # --- the outer loop -------------------------------------------------------
+    meta_optimizer: str
+    """How the meta-update moves the initialisation: "sgd" (for Reptile with meta_lr 1 this
+    is the paper's interpolation phi <- phi + eps (W - phi)) or "adam" (the update fed as a
+    gradient to Adam)."""
+    meta_lr: float
+    """Outer step size (epsilon) at the first meta-iteration."""
+    meta_lr_final: float
+    """Outer step size at the last meta-iteration, reached by linear annealing."""
+    meta_batch: int
+    """Tasks per meta-iteration (n)."""
+    meta_iters: int
+    """Meta-iterations."""
+
+    # --- evaluation -----------------------------------------------------------
+    eval_steps: int
+    """Inner steps when fine-tuning on a test task's support set."""
+    eval_batch: int
+    """Minibatch size when fine-tuning on a test task."""
+    eval_tasks: int
+    """Test tasks in the final evaluation."""
+    eval_queries: int
+    """Query examples per class in each evaluation task (the reference uses 1); for the
+    sine task the queries are always the 50 grid points and this must be 50."""
+    transductive: bool
+    """Classify all queries of a task in one batch (sharing batch-norm statistics); else each
+    query is classified in a batch made of the support set plus that one query."""
+    eval_every: int
+    """Meta-iterations between periodic evaluations during training (0: none)."""
+    eval_every_tasks: int
+    """Tasks per split in each periodic evaluation."""
+    log_every: int
+    """Meta-iterations between training-loss rows in metrics.csv."""
+
+    # --- execution (no effect on the maths beyond float tolerance) ---------------
+    batched: bool
+    """Adapt the meta-batch's tasks in one computation (torch.func.vmap) rather than one by
+    one. Identical results when inner_state is "reset" or the inner optimizer is SGD."""
+    eval_chunk: int
+    """Evaluation tasks adapted in one batched computation."""
+
+    def replace(self, **changes: Any) -> "Config":
+        return validate(dataclasses.replace(self, **changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+_TYPES = get_type_hints(Config)
+_CHOICES = {
+    "task": TASKS,
+    "inner_optimizer": OPTIMIZERS,
+    "meta_optimizer": OPTIMIZERS,
+    "inner_state": INNER_STATES,
+    "activation": ACTIVATIONS,
+}
+_POSITIVE = {
+    "ways", "shots", "train_shots", "inner_lr", "inner_steps", "inner_batch", "meta_lr",
+    "meta_batch", "meta_iters", "eval_steps", "eval_batch", "eval_tasks", "eval_queries",
+    "eval_every_tasks", "log_every", "eval_chunk", "inner_eps",
+}
+_NON_NEGATIVE = {"val_chars", "meta_lr_final", "eval_every"}
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"choose one of: {', '.join(known)}"
+    return ConfigError(f"unknown {kind} {name!r}: {hint}")
+
+
+def parse_value(key: str, raw: Any) -> Any:
+    """Convert a TOML value or a `--set` string to the field's type, or raise ConfigError."""
+    if key not in _FIELDS:
+        raise _unknown("setting", key, sorted(_FIELDS))
+    typ = _TYPES[key]
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return raw.lower() in ("true", "1", "yes")
+    elif typ is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return int(raw.replace("_", ""))
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                pass
+    elif typ is str and isinstance(raw, str):
+        return raw
+    raise ConfigError(f"setting {key!r} must be a {typ.__name__}, got {raw!r}: e.g. --set {key}="
+                      + {bool: "true", int: "10", float: "0.001", str: "..."}[typ])
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices and ranges; return cfg unchanged or raise a one-line ConfigError."""
+    for key, choices in _CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            raise ConfigError(f"setting {key!r} is {getattr(cfg, key)!r}: choose one of {', '.join(choices)}")
+    for key in _POSITIVE:
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"setting {key!r} must be greater than 0, got {getattr(cfg, key)!r}")
+    for key in _NON_NEGATIVE:
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"setting {key!r} must be 0 or more, got {getattr(cfg, key)!r}")
+    for key in ("inner_beta1", "inner_beta2"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise ConfigError(f"setting {key!r} must be in [0, 1), got {getattr(cfg, key)!r}")
+    if cfg.task == "sine" and cfg.eval_queries != 50:
+        raise ConfigError("setting 'eval_queries' must be 50 for the sine task (the 50 grid points)")
+    return cfg
+
+
+def available_presets() -> list[str]:
+    folder = resources.files("bench") / "presets"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The raw values of a preset file (without validation)."""
+    if name not in available_presets():
+        raise _unknown("preset", name, available_presets())
+    text = (resources.files("bench") / "presets" / f"{name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def load_config(preset: str, overrides: dict[str, Any] | None = None) -> Config:
+    """The preset's settings with `overrides` applied, typed and validated."""
+    values = {k: parse_value(k, v) for k, v in preset_values(preset).items()}
+    missing = sorted(set(_FIELDS) - set(values))
+    if missing:
+        raise ConfigError(f"preset {preset!r} does not pin {', '.join(missing)}: add them to its TOML file")
+    for key, raw in (overrides or {}).items():
+        values[key] = parse_value(key, raw)
+    return validate(Config(**values))
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """Parse `--set key=value` strings (types are checked later, against the fields)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}: e.g. --set meta_iters=1000")
+        parse_value(key.strip(), value.strip())  # fail early on unknown keys and bad types
+        out[key.strip()] = value.strip()
+    return out

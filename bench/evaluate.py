@@ -1,0 +1,93 @@
+"""Evaluation: one protocol for every algorithm (PAPERS.md section 4).
+
+For each test task, fine-tune a copy of the initialisation on the support set
+(`eval_steps` steps of the inner optimizer on minibatches of `eval_batch`, drawn as
+in meta-training), then score the queries. Every task starts from the same weights
+and the same inner optimizer state: the carried state when `inner_state` is
+"carry" (the reference restores its full state, Adam moments included, after each
+test task), a fresh one otherwise. Tasks are adapted `eval_chunk` at a time in one
+batched computation; the result does not depend on the chunk size.
+
+Classification: transductive scoring classifies all N queries in one batch (they
+share batch-norm statistics); non-transductive scoring classifies each query in a
+batch made of the support set plus that query. Accuracy is correct queries over
+tasks x queries; its interval is a 95% Student-t interval over per-task accuracies
+(tasks are the independent units; queries of one task are not). Sine: MSE over the
+50 grid points, with the same interval over per-task MSE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+from torch.func import functional_call, vmap
+
+from algorithms import adapt_tasks, inner_optimizer
+from algorithms.inner import Params, State
+
+from .config import Config
+from .models import task_loss
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metric: str
+    """"accuracy" (fraction of queries classified correctly) or "mse"."""
+    value: float
+    """Mean over tasks."""
+    ci95: float | None
+    """Half-width of the 95% Student-t interval over tasks (None for a single task)."""
+    tasks: int
+    per_task: np.ndarray
+
+    def summary(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "ci95": self.ci95, "tasks": self.tasks,
+                "interval": "95% Student-t interval over per-task means"}
+
+
+def mean_ci95(values: np.ndarray) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% Student-t interval."""
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, None
+    sem = stats.sem(values)
+    half = float(sem * stats.t.ppf(0.975, len(values) - 1)) if sem > 0 else 0.0
+    return mean, half
+
+
+def _score(model: nn.Module, cfg: Config, params: Params, support_x, query_x, query_y):
+    """Per-task score of one adapted task (vmapped over tasks by the caller)."""
+    def f(x):
+        return functional_call(model, params, (x,))
+    if cfg.task == "sine":
+        return ((f(query_x) - query_y) ** 2).mean()
+    if cfg.transductive:
+        logits = f(query_x)
+    else:
+        logits = vmap(lambda q: f(torch.cat([support_x, q[None]]))[-1])(query_x)
+    return (logits.argmax(-1) == query_y).float().mean()
+
+
+def evaluate(model: nn.Module, params: Params, inner_state: State, sampler, cfg: Config,
+             tasks: int) -> EvalResult:
+    """Fine-tune on `tasks` fresh tasks from `sampler` and score their queries."""
+    loss = task_loss(model, cfg)
+    opt = inner_optimizer(cfg)
+    state = inner_state if cfg.inner_state == "carry" else opt.init(params)
+    scores = []
+    with torch.no_grad():
+        for start in range(0, tasks, cfg.eval_chunk):
+            n = min(cfg.eval_chunk, tasks - start)
+            ep = sampler.sample(n, cfg.shots, cfg.eval_queries, cfg.eval_steps, cfg.eval_batch)
+            xs, ys = ep.inner_data()
+            adapted, _, _ = adapt_tasks(loss, opt, params, state, xs, ys, batched=True, chain_state=False)
+            score = vmap(lambda p, sx, qx, qy: _score(model, cfg, p, sx, qx, qy))(
+                adapted, ep.support_x, ep.query_x, ep.query_y)
+            scores.append(score.cpu())
+    per_task = torch.cat(scores).double().numpy()
+    mean, half = mean_ci95(per_task)
+    return EvalResult("mse" if cfg.task == "sine" else "accuracy", mean, half, tasks, per_task)

@@ -1,0 +1,95 @@
+"""The networks: one definition each, shared by every algorithm (PAPERS.md section 4).
+
+Algorithms never call these modules' `forward` directly: they call
+`torch.func.functional_call(model, params, x)` with explicit parameter dicts, so
+that a meta-batch of tasks can be adapted in one `vmap` computation.
+
+Batch norm keeps no running statistics (`track_running_stats=False`): it always
+normalises with the current batch's statistics, in meta-training and at test, as
+the paper's reference code does (its `training=True` everywhere). This is also
+what makes the modules pure functions of (parameters, input).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import Config
+
+
+def _glorot_(module: nn.Module) -> None:
+    # The reference code's tf.layers defaults: Glorot-uniform kernels, zero biases.
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class OmniglotCNN(nn.Sequential):
+    """4 x [3x3 conv, 64 filters, stride 2, padding 1, batch norm, ReLU], flatten, linear.
+
+    28x28 -> 14 -> 7 -> 4 -> 2, so 64 * 2 * 2 = 256 features. The reference's TF 'same'
+    padding pads 0 before and 1 after where PyTorch pads 1 on both sides: the shapes are
+    the same, the kernels see the image shifted by one pixel.
+    """
+
+    def __init__(self, ways: int, channels: int = 64):
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for _ in range(4):
+            layers += [
+                nn.Conv2d(in_ch, channels, 3, stride=2, padding=1),
+                nn.BatchNorm2d(channels, track_running_stats=False),
+                nn.ReLU(),
+            ]
+            in_ch = channels
+        super().__init__(*layers, nn.Flatten(), nn.Linear(channels * 2 * 2, ways))
+        _glorot_(self)
+
+
+class MiniImageNetCNN(nn.Sequential):
+    """4 x [3x3 conv, 32 filters, padding 1, batch norm, 2x2 max-pool, ReLU], flatten, linear.
+
+    84x84 -> 42 -> 21 -> 11 -> 6 ('same' pooling rounds up, hence ceil_mode), so
+    32 * 6 * 6 = 1152 features.
+    """
+
+    def __init__(self, ways: int, channels: int = 32):
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for _ in range(4):
+            layers += [
+                nn.Conv2d(in_ch, channels, 3, padding=1),
+                nn.BatchNorm2d(channels, track_running_stats=False),
+                nn.MaxPool2d(2, ceil_mode=True),
+                nn.ReLU(),
+            ]
+            in_ch = channels
+        super().__init__(*layers, nn.Flatten(), nn.Linear(channels * 6 * 6, ways))
+        _glorot_(self)
+
+
+class SineMLP(nn.Sequential):
+    """1-64-64-1 with tanh (the public Reptile example, PyTorch's default init) or ReLU."""
+
+    def __init__(self, activation: str = "tanh", hidden: int = 64):
+        act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
+        super().__init__(nn.Linear(1, hidden), act(), nn.Linear(hidden, hidden), act(), nn.Linear(hidden, 1))
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The network for cfg.task. Initialise the global torch seed first for reproducibility."""
+    if cfg.task == "omniglot":
+        return OmniglotCNN(cfg.ways)
+    return SineMLP(cfg.activation)
+
+
+def task_loss(model: nn.Module, cfg: Config):
+    """loss(params, x, y) for one task's batch: cross-entropy for classification, MSE for sine."""
+    def loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(model, params, (x,))
+        if cfg.task == "sine":
+            return torch.nn.functional.mse_loss(out, y)
+        return torch.nn.functional.cross_entropy(out, y)
+    return loss

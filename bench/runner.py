@@ -1,0 +1,126 @@
+"""`run(config)`: meta-train one algorithm with one seed, evaluate, write the run folder.
+
+Read top to bottom: resolve the device and the data (any bad input fails here,
+before a file is written), create the run folder, then the meta-training loop:
+sample a meta-batch, ask the algorithm for the meta-gradient, let the outer
+optimizer apply it with the linearly annealed step size, log, evaluate now and
+then; finally evaluate on the test split and save.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from algorithms import ALGORITHMS, inner_optimizer
+
+from .config import Config, _unknown
+from .errors import BenchError
+from .evaluate import evaluate
+from .models import build_model, task_loss
+from .results import MetricsWriter, environment, prepare_run_dir, run_dir, save_checkpoint, write_json
+from .tasks import TaskData
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """CUDA when present, unless a device is named; naming an absent GPU is an error."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise BenchError(f"unknown device {name!r}: use --device cpu or --device cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda, but PyTorch sees no GPU (torch.cuda.is_available() is False): "
+                         "use --device cpu or install a CUDA build of torch")
+    return torch.device(name)
+
+
+def meta_lr_at(cfg: Config, it: int) -> float:
+    """Linear annealing from meta_lr to meta_lr_final, as the reference code
+    (frac_done = it / meta_iters)."""
+    frac = it / cfg.meta_iters
+    return (1 - frac) * cfg.meta_lr + frac * cfg.meta_lr_final
+
+
+def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Path = "results",
+        data: str | Path | None = None, device: str | None = None, force: bool = False,
+        progress: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Meta-train, evaluate, and write `results/<preset>/<algo>/seed<seed>/`. Returns final.json."""
+    if algo not in ALGORITHMS:
+        raise _unknown("algorithm", algo, sorted(ALGORITHMS))
+    algorithm = ALGORITHMS[algo]
+    dev = resolve_device(device)
+    task_data = TaskData(cfg, dev, data, progress=progress)
+    path = run_dir(Path(results), preset, algo, seed)
+    prepare_run_dir(path, force=force)
+
+    write_json(path / "config.json", {**cfg.to_dict(), "preset": preset, "algo": algo, "seed": seed,
+                                      "overrides": overrides or {}, "device": dev.type})
+    write_json(path / "env.json", environment(dev))
+
+    torch.manual_seed(seed)
+    model = build_model(cfg).to(dev)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    loss = task_loss(model, cfg)
+    meta_opt = (torch.optim.SGD if cfg.meta_optimizer == "sgd" else torch.optim.Adam)(
+        list(params.values()), lr=cfg.meta_lr)
+    inner_state = inner_optimizer(cfg).init(params)
+
+    train_sampler = task_data.sampler("train" if cfg.task == "omniglot" else "test", "train", seed)
+    periodic = {s: task_data.sampler(s, "periodic", seed) for s in task_data.splits}
+    metrics = MetricsWriter(path / "metrics.csv")
+    train_s = 0.0  # meta-training seconds, periodic evaluation excluded
+    bar = tqdm(total=cfg.meta_iters, unit="it", disable=not progress, dynamic_ncols=True,
+               desc=f"{algo} {preset} seed{seed}", mininterval=1.0)
+    try:
+        for it in range(cfg.meta_iters):
+            t0 = time.perf_counter()
+            lr = meta_lr_at(cfg, it)
+            for group in meta_opt.param_groups:
+                group["lr"] = lr
+            episodes = train_sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps,
+                                            cfg.inner_batch)
+            with torch.no_grad():  # torch.func transforms inside still differentiate
+                step = algorithm(loss, params, inner_state, episodes, cfg)
+            for k, p in params.items():
+                p.grad = step.grad[k]
+            meta_opt.step()
+            inner_state = step.inner_state
+            done = it + 1
+            if done % cfg.log_every == 0 or done == cfg.meta_iters:
+                logs = {k: float(v) for k, v in step.logs.items()}  # the only host sync
+                train_s += time.perf_counter() - t0
+                for name, value in logs.items():
+                    metrics.write(done, train_s, "train", name, value)
+                metrics.write(done, train_s, "train", "meta_lr", lr)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+            else:
+                train_s += time.perf_counter() - t0
+            bar.update(1)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.meta_iters:
+                for split, sampler in periodic.items():
+                    r = evaluate(model, params, inner_state, sampler, cfg, cfg.eval_every_tasks)
+                    metrics.write(done, train_s, split, r.metric, r.value)
+        bar.close()
+
+        t0 = time.perf_counter()
+        final_sampler = task_data.sampler("test", "final", seed)
+        result = evaluate(model, params, inner_state, final_sampler, cfg, cfg.eval_tasks)
+        eval_s = time.perf_counter() - t0
+        metrics.write(cfg.meta_iters, train_s, "test", result.metric, result.value)
+    finally:
+        bar.close()
+        metrics.close()
+
+    final = {**result.summary(), "split": "test", "transductive": cfg.transductive,
+             "algo": algo, "preset": preset, "seed": seed, "meta_iters": cfg.meta_iters,
+             "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
+             "ms_per_meta_iter": round(1000 * train_s / cfg.meta_iters, 3)}
+    write_json(path / "final.json", final)
+    save_checkpoint(path / "checkpoint.pt", {
+        "params": params, "inner_state": inner_state, "meta_optimizer": meta_opt.state_dict(),
+        "config": cfg.to_dict(), "algo": algo, "preset": preset, "seed": seed, "step": cfg.meta_iters})
+    return final

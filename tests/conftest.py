@@ -1,0 +1,19 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def omniglot_root() -> Path:
+    """The data root holding omniglot/: $BENCH_DATA, else the shared data beside the checkout."""
+    return Path(os.environ.get("BENCH_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def omniglot_data() -> Path:
+    root = omniglot_root()
+    if not any((root / "omniglot" / f).exists() for f in ("images_background.zip", "images_background")):
+        pytest.skip(f"Omniglot not found under {root}/omniglot (set BENCH_DATA to a folder holding omniglot/)")
+    return root

@@ -1,0 +1,125 @@
+"""The command line end to end: real tiny runs, the files they write, determinism."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+TINY_SINE = ["--preset", "sine", "--set", "meta_iters=30", "--set", "eval_tasks=20",
+             "--set", "eval_every=10", "--set", "eval_every_tasks=5", "--set", "log_every=10"]
+TINY_OMNIGLOT = ["--set", "meta_iters=4", "--set", "eval_tasks=6", "--set", "eval_steps=3",
+                 "--set", "eval_every=2", "--set", "eval_every_tasks=2", "--set", "log_every=2"]
+
+
+def bench(*args, cwd=REPO, env=None):
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_sine_run_writes_the_documented_files(tmp_path):
+    out = bench("run", "--algo", "reptile", *TINY_SINE, "--results", str(tmp_path), "--device", "cpu",
+                "--no-progress")
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "sine" / "reptile" / "seed0"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint.pt", "config.json", "env.json", "final.json", "metrics.csv"]
+
+    final = json.loads((run / "final.json").read_text())
+    assert final["metric"] == "mse" and final["tasks"] == 20 and final["value"] > 0
+    assert final["ci95"] > 0
+    assert json.loads(out.stdout) == final
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["meta_iters"] == 30 and config["overrides"]["meta_iters"] == "30"
+    assert config["algo"] == "reptile" and config["preset"] == "sine" and config["seed"] == 0
+    env = json.loads((run / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+
+    table = rows(run / "metrics.csv")
+    assert list(table[0]) == ["step", "wall_s", "split", "metric", "value"]
+    assert {(r["step"], r["split"], r["metric"]) for r in table} >= {
+        ("10", "train", "loss"), ("10", "test", "mse"), ("30", "train", "loss"), ("30", "test", "mse")}
+    assert float(table[-1]["value"]) == final["value"]
+
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert set(ckpt["params"]) == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}
+    assert ckpt["config"]["meta_iters"] == 30
+
+
+def test_same_seed_gives_identical_metrics_apart_from_wall_clock(tmp_path):
+    def run(folder):
+        out = bench("run", "--algo", "reptile", *TINY_SINE, "--results", str(tmp_path / folder),
+                    "--device", "cpu", "--no-progress")
+        assert out.returncode == 0, out.stderr
+        table = rows(tmp_path / folder / "sine" / "reptile" / "seed0" / "metrics.csv")
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in table]
+
+    assert run("a") == run("b")
+    other = bench("run", "--algo", "reptile", *TINY_SINE, "--seed", "1", "--results", str(tmp_path / "a"),
+                  "--device", "cpu", "--no-progress")
+    assert other.returncode == 0
+    assert rows(tmp_path / "a" / "sine" / "reptile" / "seed1" / "metrics.csv")[-1]["value"] != run("c")[-1]["value"]
+
+
+def test_existing_run_is_not_overwritten_without_force(tmp_path):
+    args = ["run", "--algo", "reptile", *TINY_SINE, "--results", str(tmp_path), "--no-progress"]
+    assert bench(*args).returncode == 0
+    final = tmp_path / "sine" / "reptile" / "seed0" / "final.json"
+    before = final.read_text()
+    again = bench(*args)
+    assert again.returncode == 2
+    assert "--force" in again.stderr and again.stderr.count("\n") == 1
+    assert final.read_text() == before
+    assert bench(*args, "--force").returncode == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--algo", "reptil"], "unknown algorithm 'reptil': did you mean 'reptile'?"),
+    (["--algo", "reptile", "--preset", "omniglot-5w2s"], "unknown preset 'omniglot-5w2s'"),
+    (["--algo", "reptile", "--set", "inner_lrr=0.1"], "unknown setting 'inner_lrr': did you mean 'inner_lr'?"),
+    (["--algo", "reptile", "--set", "meta_iters=ten"], "setting 'meta_iters' must be a int"),
+    (["--algo", "reptile", "--set", "inner_lr=0"], "setting 'inner_lr' must be greater than 0"),
+    (["--algo", "reptile", "--set", "inner_optimizer=rmsprop"], "choose one of sgd, adam"),
+    (["--algo", "reptile", "--preset", "sine", "--set", "shots=60"], "shots=60 exceeds the 50 grid points"),
+])
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, message):
+    out = bench("run", *args, "--results", str(tmp_path), "--device", "cpu", "--no-progress")
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: ") and message in out.stderr
+    assert out.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    out = bench("run", "--algo", "reptile", *TINY_SINE, "--results", str(tmp_path), "--device", "cuda")
+    assert out.returncode == 2 and "no GPU" in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_presets_lists_every_preset():
+    out = bench("presets")
+    assert out.returncode == 0
+    for name in ("sine", "omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s"):
+        assert name in out.stdout
+
+
+def test_omniglot_smoke_run(tmp_path, omniglot_data):
+    out = bench("run", "--algo", "reptile", *TINY_OMNIGLOT, "--results", str(tmp_path), "--data",
+                str(omniglot_data), "--device", "cpu", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "omniglot-5w1s" / "reptile" / "seed0"
+    final = json.loads((run / "final.json").read_text())
+    assert final["metric"] == "accuracy" and final["tasks"] == 6 and 0 <= final["value"] <= 1
+    splits = {(r["split"], r["metric"]) for r in rows(run / "metrics.csv")}
+    assert {("train", "accuracy"), ("test", "accuracy"), ("train", "loss")} <= splits

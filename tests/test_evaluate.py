@@ -1,0 +1,69 @@
+"""The evaluation protocol on a synthetic pool (no data needed)."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch.func import functional_call
+
+from algorithms import adapt, inner_optimizer
+from bench.config import load_config
+from bench.episodes import ClassSampler
+from bench.evaluate import evaluate, mean_ci95
+from bench.models import OmniglotCNN, task_loss
+
+
+@pytest.fixture
+def setup():
+    torch.manual_seed(0)
+    cfg = load_config("omniglot-5w1s").replace(eval_steps=3, inner_state="reset")
+    model = OmniglotCNN(5)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    images = (torch.rand(40, 20, 28, 28) > 0.5).to(torch.uint8)
+    return cfg, model, params, images
+
+
+def run_eval(setup, tasks=12, **changes):
+    cfg, model, params, images = setup
+    cfg = cfg.replace(**changes)
+    sampler = ClassSampler(images, cfg.ways, np.random.default_rng(0))
+    return evaluate(model, params, inner_optimizer(cfg).init(params), sampler, cfg, tasks)
+
+
+def test_result_does_not_depend_on_the_chunk_size(setup):
+    a = run_eval(setup, eval_chunk=12)
+    b = run_eval(setup, eval_chunk=5)
+    np.testing.assert_allclose(a.per_task, b.per_task)
+    assert a.tasks == 12 and a.metric == "accuracy"
+
+
+def test_non_transductive_classifies_each_query_with_the_support_set(setup):
+    cfg, model, params, images = setup
+    result = run_eval(setup, tasks=4, eval_chunk=4)
+    sampler = ClassSampler(images, cfg.ways, np.random.default_rng(0))
+    ep = sampler.sample(4, cfg.shots, cfg.eval_queries, cfg.eval_steps, cfg.eval_batch)
+    opt = inner_optimizer(cfg)
+    for t in range(4):
+        task = ep.task(t)
+        xs, ys = task.inner_data()
+        w, _, _ = adapt(task_loss(model, cfg), opt, params, opt.init(params), xs, ys)
+        correct = 0
+        for q, y in zip(task.query_x, task.query_y):
+            logits = functional_call(model, w, (torch.cat([task.support_x, q[None]]),))
+            correct += int(logits[-1].argmax() == y)
+        assert result.per_task[t] == pytest.approx(correct / len(task.query_y))
+
+
+def test_transductive_scoring_differs(setup):
+    a = run_eval(setup, tasks=40, transductive=True)
+    b = run_eval(setup, tasks=40, transductive=False)
+    assert not np.array_equal(a.per_task, b.per_task)
+
+
+def test_interval_is_the_student_t_interval_over_tasks():
+    values = np.array([0.2, 0.4, 0.4, 1.0, 0.8])
+    mean, half = mean_ci95(values)
+    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    assert mean == pytest.approx(values.mean())
+    assert half == pytest.approx((hi - lo) / 2)
+    assert mean_ci95(np.array([0.5]))[1] is None

@@ -1,0 +1,157 @@
+"""The functional inner loop and Reptile's update, against hand computations."""
+
+import pytest
+import torch
+
+from algorithms import InnerOptimizer, adapt, adapt_tasks, reptile
+from bench.config import load_config
+from bench.episodes import Episode
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    # Exact comparisons: float64 keeps rounding noise far below Adam's epsilon (in float32
+    # the analytically-zero gradient of a conv bias before batch norm is ~1e-9 noise, which
+    # Adam's normalisation turns into visible steps that differ between the two paths).
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def linear_loss(params, x, y):
+    return ((x @ params["w"] + params["b"] - y) ** 2).mean()
+
+
+def linear_grad(params, x, y):
+    """The gradient of linear_loss, derived by hand: d/dw = 2/n X^T r, d/db = 2/n sum r."""
+    r = x @ params["w"] + params["b"] - y
+    return {"w": 2 * x.T @ r / len(y), "b": 2 * r.mean()}
+
+
+@pytest.fixture
+def problem():
+    g = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(3, generator=g), "b": torch.randn((), generator=g)}
+    xs = torch.randn(4, 2, 5, 3, generator=g)  # tasks, steps, batch, features
+    ys = torch.randn(4, 2, 5, generator=g)
+    return params, xs, ys
+
+
+def test_sgd_adaptation_matches_hand_unroll(problem):
+    params, xs, ys = problem
+    lr = 0.1
+    w, _, losses = adapt(linear_loss, InnerOptimizer("sgd", lr), params, {}, xs[0], ys[0])
+    expected = dict(params)
+    for s in range(2):
+        g = linear_grad(expected, xs[0, s], ys[0, s])
+        expected = {k: expected[k] - lr * g[k] for k in expected}
+    for k in params:
+        torch.testing.assert_close(w[k], expected[k])
+    torch.testing.assert_close(losses[0], linear_loss(params, xs[0, 0], ys[0, 0]))
+
+
+def test_adam_matches_torch_optim(problem):
+    params, xs, ys = problem
+    opt = InnerOptimizer("adam", 0.01, beta1=0.0, beta2=0.999, eps=1e-8)
+    steps_x = xs.reshape(-1, 5, 3)
+    steps_y = ys.reshape(-1, 5)
+    w, state, _ = adapt(linear_loss, opt, params, opt.init(params), steps_x, steps_y)
+
+    ref = {k: v.clone().requires_grad_() for k, v in params.items()}
+    torch_opt = torch.optim.Adam(ref.values(), lr=0.01, betas=(0.0, 0.999), eps=1e-8)
+    for x, y in zip(steps_x, steps_y):
+        torch_opt.zero_grad()
+        linear_loss(ref, x, y).backward()
+        torch_opt.step()
+    for k in params:
+        torch.testing.assert_close(w[k], ref[k].detach())
+    assert float(state["t"]) == len(steps_x)
+
+
+def episode_from(xs, ys):
+    """An Episode whose inner plan walks the support set in order (tasks, steps, batch)."""
+    t, s, b = ys.shape
+    plan = torch.arange(s * b).view(1, s, b).expand(t, -1, -1)
+    return Episode(xs.reshape(t, s * b, -1), ys.reshape(t, s * b), xs[:, 0], ys[:, 0], plan)
+
+
+def test_reptile_sgd_update_is_lr_times_sum_of_inner_gradients(problem):
+    params, xs, ys = problem
+    cfg = load_config("sine").replace(inner_lr=0.1, inner_optimizer="sgd", batched=False)
+    step = reptile(linear_loss, params, {}, episode_from(xs, ys), cfg)
+    expected = {k: torch.zeros_like(v) for k, v in params.items()}
+    for t in range(4):
+        w = dict(params)
+        for s in range(2):
+            g = linear_grad(w, xs[t, s], ys[t, s])
+            for k in w:
+                expected[k] += 0.1 * g[k] / 4  # mean over tasks of lr * (g_1 + g_2)
+            w = {k: w[k] - 0.1 * g[k] for k in w}
+    for k in params:
+        torch.testing.assert_close(step.grad[k], expected[k])
+
+
+def test_reptile_with_one_sgd_step_is_joint_training(problem):
+    params, xs, ys = problem
+    cfg = load_config("sine").replace(inner_lr=0.1, inner_optimizer="sgd")
+    one = episode_from(xs[:, :1], ys[:, :1])
+    step = reptile(linear_loss, params, {}, one, cfg)
+    joint = torch.func.grad(lambda p: torch.stack(
+        [linear_loss(p, xs[t, 0], ys[t, 0]) for t in range(4)]).mean())(params)
+    for k in params:
+        torch.testing.assert_close(step.grad[k], 0.1 * joint[k])
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_batched_equals_serial_without_chained_state(problem, kind):
+    params, xs, ys = problem
+    opt = InnerOptimizer(kind, 0.05)
+    state = opt.init(params)
+    a = adapt_tasks(linear_loss, opt, params, state, xs, ys, batched=True, chain_state=False)
+    b = adapt_tasks(linear_loss, opt, params, state, xs, ys, batched=False, chain_state=False)
+    for k in params:
+        torch.testing.assert_close(a[0][k], b[0][k])
+    torch.testing.assert_close(a[2], b[2])
+
+
+def test_serial_path_chains_adam_state_from_task_to_task(problem):
+    params, xs, ys = problem
+    opt = InnerOptimizer("adam", 0.05)
+    adapted, carried, _ = adapt_tasks(linear_loss, opt, params, opt.init(params), xs, ys,
+                                      batched=False, chain_state=True)
+    state = opt.init(params)
+    for t in range(4):
+        w, state, _ = adapt(linear_loss, opt, params, state, xs[t], ys[t])
+        for k in params:
+            torch.testing.assert_close(adapted[k][t], w[k])
+    assert float(carried["t"]) == 8
+    torch.testing.assert_close(carried["v.w"], state["v.w"])
+
+
+def test_batched_path_carries_the_mean_state(problem):
+    params, xs, ys = problem
+    opt = InnerOptimizer("adam", 0.05)
+    _, carried, _ = adapt_tasks(linear_loss, opt, params, opt.init(params), xs, ys,
+                                batched=True, chain_state=True)
+    finals = [adapt(linear_loss, opt, params, opt.init(params), xs[t], ys[t])[1] for t in range(4)]
+    torch.testing.assert_close(carried["v.w"], torch.stack([f["v.w"] for f in finals]).mean(0))
+    assert float(carried["t"]) == 2
+
+
+def test_reptile_batched_equals_serial_on_the_omniglot_cnn():
+    from bench.models import OmniglotCNN, task_loss
+
+    torch.manual_seed(0)
+    cfg = load_config("omniglot-5w1s").replace(inner_state="reset")
+    model = OmniglotCNN(5)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    loss = task_loss(model, cfg)
+    xs, ys = torch.rand(3, 50, 1, 28, 28), torch.randint(0, 5, (3, 50))
+    plan = torch.stack([torch.randperm(50).view(5, 10) for _ in range(3)])
+    ep = Episode(xs, ys, xs[:, :5], ys[:, :5], plan)
+    state = InnerOptimizer("adam", cfg.inner_lr).init(params)
+    batched = reptile(loss, params, state, ep, cfg.replace(batched=True))
+    serial = reptile(loss, params, state, ep, cfg.replace(batched=False))
+    for k in params:
+        torch.testing.assert_close(batched.grad[k], serial.grad[k])
