@@ -78,10 +78,11 @@ def evaluate(model: nn.Module, params: Params, inner_state: State, sampler, cfg:
     loss = task_loss(model, cfg)
     opt = inner_optimizer(cfg)
     state = inner_state if cfg.inner_state == "carry" else opt.init(params)
+    chunk = cfg.eval_chunk or (25 if next(iter(params.values())).device.type == "cpu" else 1000)
     scores = []
     with torch.no_grad():
-        for start in range(0, tasks, cfg.eval_chunk):
-            n = min(cfg.eval_chunk, tasks - start)
+        for start in range(0, tasks, chunk):
+            n = min(chunk, tasks - start)
             ep = sampler.sample(n, cfg.shots, cfg.eval_queries, cfg.eval_steps, cfg.eval_batch)
             xs, ys = ep.inner_data()
             adapted, _, _ = adapt_tasks(loss, opt, params, state, xs, ys, batched=True, chain_state=False)

@@ -19,6 +19,7 @@ from .data.root import data_root
 from .episodes import ClassSampler, SineSampler
 
 STREAMS = {"train": 0, "periodic": 1, "final": 2}
+SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
 class TaskData:
@@ -47,7 +48,7 @@ class TaskData:
         return [s for s in ("train", "val", "test") if s in self.pools]
 
     def sampler(self, split: str, stream: str, seed: int):
-        rng = np.random.default_rng([seed, STREAMS[stream], self.splits.index(split)])
+        rng = np.random.default_rng([seed, STREAMS[stream], SPLITS[split]])
         if self.cfg.task == "sine":
             return SineSampler(self.device, rng)
         return ClassSampler(self.pools[split], self.cfg.ways, rng)
