@@ -123,3 +123,15 @@ def test_omniglot_smoke_run(tmp_path, omniglot_data):
     assert final["metric"] == "accuracy" and final["tasks"] == 6 and 0 <= final["value"] <= 1
     splits = {(r["split"], r["metric"]) for r in rows(run / "metrics.csv")}
     assert {("train", "accuracy"), ("test", "accuracy"), ("train", "loss")} <= splits
+
+
+def test_outer_adam_and_reset_state_run(tmp_path):
+    from bench.config import load_config
+    from bench.runner import run
+
+    cfg = load_config("sine").replace(meta_iters=20, eval_tasks=10, eval_every=0, log_every=10,
+                                      meta_optimizer="adam", meta_lr=0.001, meta_lr_final=0.001)
+    final = run(cfg, algo="reptile", preset="sine", results=tmp_path, device="cpu", progress=False)
+    assert final["metric"] == "mse" and final["tasks"] == 10
+    ckpt = torch.load(tmp_path / "sine" / "reptile" / "seed0" / "checkpoint.pt", weights_only=True)
+    assert ckpt["meta_optimizer"]["state"][0]["step"] == 20  # Adam's own step count
