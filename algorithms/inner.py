@@ -69,23 +69,36 @@ def adapt(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: State,
     """Train one task: one optimizer step per minibatch `xs[s], ys[s]` (steps first).
 
     Returns the adapted parameters W, the final optimizer state and each step's loss.
+    Differentiable with respect to `params` (torch.func.grad of a function that calls
+    it gives second-order MAML).
     """
+    params, state, losses, _ = adapt_with_grads(loss, opt, params, state, xs, ys)
+    return params, state, losses
+
+
+def adapt_with_grads(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: State,
+                     xs: Tensor, ys: Tensor) -> tuple[Params, State, Tensor, Params]:
+    """`adapt`, also returning each step's gradient g_s (stacked, steps first)."""
     step_grad = grad_and_value(loss)
-    losses = []
+    losses, grads_seen = [], []
     for s in range(xs.shape[0]):
         grads, value = step_grad(params, xs[s], ys[s])
         params, state = opt.step(params, grads, state)
         losses.append(value)
-    return params, state, torch.stack(losses)
+        grads_seen.append(grads)
+    stacked = {k: torch.stack([g[k] for g in grads_seen]) for k in params}
+    return params, state, torch.stack(losses), stacked
 
 
-def adapt_tasks(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: State,
-                xs: Tensor, ys: Tensor, *, batched: bool, chain_state: bool
-                ) -> tuple[Params, State, Tensor]:
-    """Adapt every task of a meta-batch from the same `params` (tasks first in xs, ys).
+PerTask = Callable[..., tuple[Params, State, Tensor]]
+"""fn(params, state, *task_tensors) -> (a dict of tensors, final optimizer state, losses)."""
 
-    Returns the adapted parameters stacked over tasks, the state to carry on, and the
-    losses (tasks x steps).
+
+def map_tasks(fn: PerTask, params: Params, state: State, tensors: tuple[Tensor, ...], *,
+              batched: bool, chain_state: bool) -> tuple[Params, State, Tensor]:
+    """Run `fn` on every task of a meta-batch (tasks first in each of `tensors`), all
+    from the same `params`; returns its outputs stacked over tasks, the optimizer state
+    to carry on, and the losses (tasks first).
 
     chain_state=True is the reference code's behaviour: the optimizer state flows from
     one task to the next. The serial path does exactly that. The batched path cannot
@@ -94,16 +107,26 @@ def adapt_tasks(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: Stat
     and the returned state is `state` itself, identical on both paths.
     """
     if batched:
-        adapted, finals, losses = vmap(partial(adapt, loss, opt), in_dims=(None, None, 0, 0))(
-            params, state, xs, ys)
+        outs, finals, losses = vmap(fn, in_dims=(None, None, *[0] * len(tensors)))(params, state, *tensors)
         carried = {k: v.mean(0) for k, v in finals.items()} if chain_state else state
-        return adapted, carried, losses
-    outs, losses, current = [], [], state
-    for i in range(xs.shape[0]):
-        w, final, task_losses = adapt(loss, opt, params, current if chain_state else state, xs[i], ys[i])
+        return outs, carried, losses
+    results, current = [], state
+    for i in range(tensors[0].shape[0]):
+        out, final, task_losses = fn(params, current if chain_state else state, *(t[i] for t in tensors))
         if chain_state:
             current = final
-        outs.append(w)
-        losses.append(task_losses)
-    adapted = {k: torch.stack([w[k] for w in outs]) for k in params}
-    return adapted, current, torch.stack(losses)
+        results.append((out, task_losses))
+    stacked = {k: torch.stack([out[k] for out, _ in results]) for k in results[0][0]}
+    return stacked, current, torch.stack([l for _, l in results])
+
+
+def adapt_tasks(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: State,
+                xs: Tensor, ys: Tensor, *, batched: bool, chain_state: bool
+                ) -> tuple[Params, State, Tensor]:
+    """Adapt every task of a meta-batch from the same `params` (see `map_tasks`).
+
+    Returns the adapted parameters stacked over tasks, the state to carry on, and the
+    losses (tasks x steps).
+    """
+    return map_tasks(partial(adapt, loss, opt), params, state, (xs, ys),
+                     batched=batched, chain_state=chain_state)

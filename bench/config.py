@@ -26,6 +26,7 @@ else:  # pragma: no cover - Python 3.10
 TASKS = ("omniglot", "sine")
 OPTIMIZERS = ("sgd", "adam")
 INNER_STATES = ("carry", "reset")
+TAILS = ("shared", "separate")
 ACTIVATIONS = ("tanh", "relu")
 
 
@@ -72,6 +73,20 @@ class Config:
     The batched path cannot chain the state from task to task within a meta-batch: all
     tasks of a meta-batch start from the carried state and the mean of their final states
     is carried to the next meta-iteration (see `algorithms.inner`)."""
+
+    tail: str
+    """Where FOMAML's and MAML's final (query) minibatch comes from in meta-training:
+    "shared", one more minibatch drawn from the same examples as the inner minibatches
+    (so it may overlap them), or "separate", `query_shots` held-out examples per class
+    (Reptile paper section 6.3). Unused by the other algorithms."""
+    query_shots: int
+    """Held-out examples per class in each meta-training task's query set when `tail` is
+    "separate" (0 when unused)."""
+    meta_grads: str
+    """For `gradsum`: the inner-step gradients g_i summed into the meta-gradient, e.g.
+    "2" or "1+2+3" (Reptile paper section 6.2); each i at most inner_steps."""
+    meta_grads_mean: bool
+    """For `gradsum`: divide the sum by its number of terms."""
 
     # --- the outer loop -------------------------------------------------------
     meta_optimizer: str
@@ -130,13 +145,14 @@ _CHOICES = {
     "meta_optimizer": OPTIMIZERS,
     "inner_state": INNER_STATES,
     "activation": ACTIVATIONS,
+    "tail": TAILS,
 }
 _POSITIVE = {
     "ways", "shots", "train_shots", "inner_lr", "inner_steps", "inner_batch", "meta_lr",
     "meta_batch", "meta_iters", "eval_steps", "eval_batch", "eval_tasks", "eval_queries",
     "eval_every_tasks", "log_every", "inner_eps",
 }
-_NON_NEGATIVE = {"val_chars", "meta_lr_final", "eval_every", "eval_chunk"}
+_NON_NEGATIVE = {"val_chars", "meta_lr_final", "eval_every", "eval_chunk", "query_shots"}
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> ConfigError:
@@ -191,6 +207,11 @@ def validate(cfg: Config) -> Config:
     for key in ("inner_beta1", "inner_beta2"):
         if not 0 <= getattr(cfg, key) < 1:
             raise ConfigError(f"setting {key!r} must be in [0, 1), got {getattr(cfg, key)!r}")
+    terms = cfg.meta_grads.split("+")
+    if not all(t.strip().isdigit() and 1 <= int(t) <= cfg.inner_steps for t in terms) \
+            or len(set(map(int, terms))) != len(terms):
+        raise ConfigError(f"setting 'meta_grads' is {cfg.meta_grads!r}: name distinct inner steps 1.."
+                          f"{cfg.inner_steps} joined by '+', e.g. --set meta_grads=1+2")
     if cfg.task == "sine" and cfg.eval_queries != 50:
         raise ConfigError("setting 'eval_queries' must be 50 for the sine task (the 50 grid points)")
     return cfg

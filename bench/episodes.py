@@ -51,6 +51,16 @@ class Episode:
         rows = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1)
         return self.support_x[rows, idx], self.support_y[rows, idx]
 
+    def shared_tail(self) -> "Episode":
+        """The last planned minibatch becomes the query ("tail") set, drawn from the same
+        examples as the inner minibatches (FOMAML's shared tail, Reptile paper 6.3)."""
+        plan = self.inner_batches
+        last = Episode(self.support_x, self.support_y, self.query_x, self.query_y, plan[..., -1:, :])
+        qx, qy = last.inner_data()
+        step_axis = plan.dim() - 2  # 0 for one task, 1 for a meta-batch
+        return Episode(self.support_x, self.support_y, qx.squeeze(step_axis), qy.squeeze(step_axis),
+                       plan[..., :-1, :])
+
     def _tensors(self) -> tuple[Tensor, ...]:
         return self.support_x, self.support_y, self.query_x, self.query_y, self.inner_batches
 

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from algorithms import ALGORITHMS, inner_optimizer
+from algorithms import ALGORITHMS, QUERY_ALGORITHMS, inner_optimizer
 
 from .config import Config, _unknown
-from .errors import BenchError
+from .episodes import Episode
+from .errors import BenchError, ConfigError
 from .evaluate import evaluate
 from .models import build_model, task_loss
 from .results import MetricsWriter, environment, prepare_run_dir, run_dir, save_checkpoint, write_json
@@ -45,6 +46,18 @@ def meta_lr_at(cfg: Config, it: int) -> float:
     return (1 - frac) * cfg.meta_lr + frac * cfg.meta_lr_final
 
 
+def train_episodes(sampler, cfg: Config, algo: str) -> Episode:
+    """A meta-batch for meta-training: train_shots examples per class for the inner
+    minibatches, plus the query ("tail") set that FOMAML and MAML need."""
+    if algo not in QUERY_ALGORITHMS:
+        return sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps, cfg.inner_batch)
+    if cfg.tail == "separate":
+        return sampler.sample(cfg.meta_batch, cfg.train_shots, cfg.query_shots, cfg.inner_steps,
+                              cfg.inner_batch)
+    return sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps + 1,
+                          cfg.inner_batch).shared_tail()
+
+
 def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Path = "results",
         data: str | Path | None = None, device: str | None = None, force: bool = False,
         progress: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,6 +65,8 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
     if algo not in ALGORITHMS:
         raise _unknown("algorithm", algo, sorted(ALGORITHMS))
     algorithm = ALGORITHMS[algo]
+    if algo in QUERY_ALGORITHMS and cfg.tail == "separate" and cfg.query_shots == 0:
+        raise ConfigError(f"{algo} with tail=separate needs held-out query examples: --set query_shots=1 or more")
     dev = resolve_device(device)
     task_data = TaskData(cfg, dev, data, progress=progress)
     path = run_dir(Path(results), preset, algo, seed)
@@ -81,8 +96,7 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
             lr = meta_lr_at(cfg, it)
             for group in meta_opt.param_groups:
                 group["lr"] = lr
-            episodes = train_sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps,
-                                            cfg.inner_batch)
+            episodes = train_episodes(train_sampler, cfg, algo)
             with torch.no_grad():  # torch.func transforms inside still differentiate
                 step = algorithm(loss, params, inner_state, episodes, cfg)
             for k, p in params.items():

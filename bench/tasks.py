@@ -60,5 +60,5 @@ class TaskData:
         for split in self.splits:
             s = self.sampler(split, "final", seed=0)
             if split == "train" or cfg.task == "sine":
-                s.sample(1, cfg.train_shots, 0, 1, 1)
+                s.sample(1, cfg.train_shots, cfg.query_shots if cfg.tail == "separate" else 0, 1, 1)
             s.sample(1, cfg.shots, cfg.eval_queries, 1, 1)

@@ -135,3 +135,24 @@ def test_outer_adam_and_reset_state_run(tmp_path):
     assert final["metric"] == "mse" and final["tasks"] == 10
     ckpt = torch.load(tmp_path / "sine" / "reptile" / "seed0" / "checkpoint.pt", weights_only=True)
     assert ckpt["meta_optimizer"]["state"][0]["step"] == 20  # Adam's own step count
+
+
+@pytest.mark.parametrize("algo,tail", [("fomaml", "shared"), ("fomaml", "separate"), ("maml", "shared"),
+                                       ("joint", "shared"), ("gradsum", "shared")])
+def test_every_algorithm_runs_end_to_end(tmp_path, omniglot_data, algo, tail):
+    from bench.config import load_config
+    from bench.runner import run
+
+    cfg = load_config("omniglot-5w1s").replace(
+        meta_iters=2, eval_tasks=4, eval_steps=2, eval_every=0, log_every=1, tail=tail,
+        query_shots=1 if tail == "separate" else 0, inner_steps=2, meta_grads="2",
+        inner_optimizer="sgd", inner_lr=0.1)
+    final = run(cfg, algo=algo, preset="omniglot-5w1s", results=tmp_path, data=omniglot_data,
+                device="cpu", progress=False)
+    assert final["algo"] == algo and final["tasks"] == 4
+
+
+def test_separate_tail_without_query_shots_is_refused(tmp_path):
+    out = bench("run", "--algo", "fomaml", *TINY_SINE, "--set", "tail=separate", "--results", str(tmp_path))
+    assert out.returncode == 2 and "query_shots" in out.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,44 @@
+"""Second-order MAML (Finn et al. 2017, Algorithm 2).
+
+The meta-loss of a task is the query loss at the adapted weights W(phi), where W is
+reached by the inner optimizer (SGD or Adam) on the task's inner minibatches; the
+meta-gradient differentiates through every inner step (torch.func.grad of a
+function that itself takes gradients), batched over tasks with vmap like the others.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import torch
+from torch.func import grad_and_value
+
+from .base import MetaStep, inner_optimizer
+from .inner import Params, State, TaskLoss, adapt, map_tasks
+
+if TYPE_CHECKING:
+    from bench.config import Config
+    from bench.episodes import Episode
+
+
+def _task(loss, opt, params, state, xs, ys, qx, qy):
+    def meta_loss(p):
+        w, final, losses = adapt(loss, opt, p, state, xs, ys)
+        query_loss = loss(w, qx, qy)
+        return query_loss, (final, torch.cat([losses, query_loss[None]]))
+
+    grads, (_, (final, losses)) = grad_and_value(meta_loss, has_aux=True)(params)
+    return grads, final, losses
+
+
+def maml(loss: TaskLoss, params: Params, inner_state: State, episodes: "Episode",
+         cfg: "Config") -> MetaStep:
+    """One MAML meta-step: the mean over tasks of d(query loss at W(phi)) / d(phi)."""
+    xs, ys = episodes.inner_data()
+    grads, carried, losses = map_tasks(
+        partial(_task, loss, inner_optimizer(cfg)), params, inner_state,
+        (xs, ys, episodes.query_x, episodes.query_y),
+        batched=cfg.batched, chain_state=cfg.inner_state == "carry")
+    return MetaStep(grad={k: g.mean(0) for k, g in grads.items()}, inner_state=carried,
+                    logs={"loss": losses[:, -1].mean(), "first_loss": losses[:, 0].mean()})
