@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Callable
 
 from torch import Tensor
 
-from .inner import InnerOptimizer, Params, State, TaskLoss
+from functools import partial
+
+from .inner import InnerOptimizer, Params, State, TaskLoss, map_tasks
 
 if TYPE_CHECKING:
     from bench.config import Config
@@ -42,3 +44,18 @@ Algorithm = Callable[[TaskLoss, Params, State, "Episode", "Config"], MetaStep]
 def inner_optimizer(cfg: "Config") -> InnerOptimizer:
     """The inner optimizer that cfg's `inner_*` settings describe."""
     return InnerOptimizer(cfg.inner_optimizer, cfg.inner_lr, cfg.inner_beta1, cfg.inner_beta2, cfg.inner_eps)
+
+
+def query_meta_step(task, loss: TaskLoss, params: Params, inner_state: State, episodes: "Episode",
+                    cfg: "Config") -> MetaStep:
+    """The meta-step of the algorithms whose meta-gradient comes from a query set (FOMAML,
+    MAML): `task(loss, opt, params, state, xs, ys, query_x, query_y)` returns one task's
+    gradient, final optimizer state and losses (inner steps, then the query loss); the
+    meta-gradient is the mean over tasks."""
+    xs, ys = episodes.inner_data()
+    grads, carried, losses = map_tasks(
+        partial(task, loss, inner_optimizer(cfg)), params, inner_state,
+        (xs, ys, episodes.query_x, episodes.query_y),
+        batched=cfg.batched, chain_state=cfg.inner_state == "carry")
+    return MetaStep(grad={k: g.mean(0) for k, g in grads.items()}, inner_state=carried,
+                    logs={"loss": losses[:, -1].mean(), "first_loss": losses[:, 0].mean()})

@@ -9,14 +9,13 @@ episodes (Reptile paper section 6.3).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 from torch.func import grad_and_value
 
-from .base import MetaStep, inner_optimizer
-from .inner import Params, State, TaskLoss, adapt, map_tasks
+from .base import MetaStep, query_meta_step
+from .inner import Params, State, TaskLoss, adapt
 
 if TYPE_CHECKING:
     from bench.config import Config
@@ -32,10 +31,4 @@ def _task(loss, opt, params, state, xs, ys, qx, qy):
 def fomaml(loss: TaskLoss, params: Params, inner_state: State, episodes: "Episode",
            cfg: "Config") -> MetaStep:
     """One FOMAML meta-step: the mean over tasks of the query gradient at the adapted weights."""
-    xs, ys = episodes.inner_data()
-    grads, carried, losses = map_tasks(
-        partial(_task, loss, inner_optimizer(cfg)), params, inner_state,
-        (xs, ys, episodes.query_x, episodes.query_y),
-        batched=cfg.batched, chain_state=cfg.inner_state == "carry")
-    return MetaStep(grad={k: g.mean(0) for k, g in grads.items()}, inner_state=carried,
-                    logs={"loss": losses[:, -1].mean(), "first_loss": losses[:, 0].mean()})
+    return query_meta_step(_task, loss, params, inner_state, episodes, cfg)

@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,3 +18,13 @@ def omniglot_data() -> Path:
     if not any((root / "omniglot" / f).exists() for f in ("images_background.zip", "images_background")):
         pytest.skip(f"Omniglot not found under {root}/omniglot (set BENCH_DATA to a folder holding omniglot/)")
     return root
+
+
+@pytest.fixture
+def float64():
+    """float64 as the default dtype for one test: exact comparisons, and rounding noise far
+    below Adam's epsilon (in float32 the analytically-zero gradient of a conv bias before
+    batch norm is ~1e-9 noise, which Adam's normalisation turns into visible steps)."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)

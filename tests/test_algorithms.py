@@ -10,11 +10,7 @@ from bench.config import load_config
 from bench.episodes import Episode
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def mlp_loss(params, x, y):

@@ -7,16 +7,7 @@ from algorithms import InnerOptimizer, adapt, adapt_tasks, reptile
 from bench.config import load_config
 from bench.episodes import Episode
 
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    # Exact comparisons: float64 keeps rounding noise far below Adam's epsilon (in float32
-    # the analytically-zero gradient of a conv bias before batch norm is ~1e-9 noise, which
-    # Adam's normalisation turns into visible steps that differ between the two paths).
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def linear_loss(params, x, y):
