@@ -57,8 +57,8 @@ def test_maml_equals_hand_unrolled_second_order_gradient(problem):
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     total = sum(unrolled_meta_loss(leaves, ep, t, 0.1) for t in range(3)) / 3
     expected = dict(zip(leaves, torch.autograd.grad(total, list(leaves.values()))))
-    for k in params:
-        torch.testing.assert_close(step.grad[k], expected[k])
+    for k in params:  # on the scale of an inner step: inner_lr times the gradient
+        torch.testing.assert_close(step.grad[k], 0.1 * expected[k])
 
 
 @pytest.mark.parametrize("inner", ["sgd", "adam"])
@@ -86,7 +86,8 @@ def test_maml_matches_finite_differences(problem, inner):
             plus = {**params, k: (flat + bump).view_as(params[k])}
             minus = {**params, k: (flat - bump).view_as(params[k])}
             fd = (meta_loss(plus) - meta_loss(minus)) / (2 * eps)
-            assert float(step.grad[k].reshape(-1)[i]) == pytest.approx(float(fd), rel=1e-5, abs=1e-7)
+            assert float(step.grad[k].reshape(-1)[i]) == pytest.approx(cfg.inner_lr * float(fd), rel=1e-5,
+                                                                       abs=1e-8)
 
 
 def _adam_state(params):
@@ -95,6 +96,7 @@ def _adam_state(params):
 
 
 def test_fomaml_is_the_query_gradient_at_the_adapted_weights_and_differs_from_maml(problem):
+    # With SGD, the inner step on the query gradient g at W is inner_lr * g.
     params, ep = problem
     cfg = settings()
     step = fomaml(mlp_loss, params, {}, ep, cfg)
@@ -107,11 +109,31 @@ def test_fomaml_is_the_query_gradient_at_the_adapted_weights_and_differs_from_ma
             w = {k: w[k] - 0.1 * g[k] for k in w}
         q = torch.func.grad(mlp_loss)(w, ep.query_x[t], ep.query_y[t])
         for k in params:
-            expected[k] += q[k] / 3
+            expected[k] += 0.1 * q[k] / 3
     for k in params:
         torch.testing.assert_close(step.grad[k], expected[k])
     second = maml(mlp_loss, params, {}, ep, cfg)
-    assert max(float((second.grad[k] - step.grad[k]).abs().max()) for k in params) > 1e-3
+    assert max(float((second.grad[k] - step.grad[k]).abs().max()) for k in params) > 1e-4
+
+
+def test_fomaml_with_adam_applies_the_adam_step_of_the_query_gradient(problem):
+    from algorithms import InnerOptimizer, adapt
+
+    params, ep = problem
+    cfg = settings(inner_optimizer="adam", inner_lr=0.05, inner_state="carry", batched=False)
+    opt = InnerOptimizer("adam", 0.05)
+    step = fomaml(mlp_loss, params, opt.init(params), ep, cfg)
+    state, expected = opt.init(params), {k: torch.zeros_like(v) for k, v in params.items()}
+    for t in range(3):  # the reference: the Adam state flows through the tasks, tail step included
+        xs, ys = ep.task(t).inner_data()
+        w, state, _ = adapt(mlp_loss, opt, params, state, xs, ys)
+        g = torch.func.grad(mlp_loss)(w, ep.query_x[t], ep.query_y[t])
+        stepped, state = opt.step(w, g, state)
+        for k in params:
+            expected[k] += (w[k] - stepped[k]) / 3
+    for k in params:
+        torch.testing.assert_close(step.grad[k], expected[k])
+    assert float(step.inner_state["t"]) == 3 * 4
 
 
 def test_full_gradient_sum_equals_reptile_and_g1_is_joint_training(problem):
@@ -144,7 +166,7 @@ def test_g2_alone_is_first_order_maml_with_one_step_and_a_shared_tail(problem):
     half = gradsum(mlp_loss, params, {}, ep, cfg.replace(meta_grads="1+2", meta_grads_mean=True))
     g1 = joint(mlp_loss, params, {}, ep, cfg)
     for k in params:
-        torch.testing.assert_close(g2.grad[k], 0.1 * fo.grad[k])
+        torch.testing.assert_close(g2.grad[k], fo.grad[k])
         torch.testing.assert_close(half.grad[k], (g1.grad[k] + g2.grad[k]) / 2)
 
 
