@@ -62,7 +62,10 @@ class Config:
     inner_eps: float
     """Adam's epsilon for the inner loop."""
     inner_steps: int
-    """Inner optimizer steps per meta-training task (k)."""
+    """Inner minibatches per meta-training task (k). Reptile, joint training and the
+    gradient sums take an optimizer step on each; FOMAML and MAML adapt on the first
+    k - 1 and take the meta-gradient on the k-th, the query or "tail" (the reference
+    code's convention and the paper's g_k)."""
     inner_batch: int
     """Examples per inner minibatch; minibatches are drawn without replacement, reshuffling
     when the task's examples run out (the reference's `_mini_batches`)."""
@@ -76,12 +79,13 @@ class Config:
 
     tail: str
     """Where FOMAML's and MAML's final (query) minibatch comes from in meta-training:
-    "shared", one more minibatch drawn from the same examples as the inner minibatches
-    (so it may overlap them), or "separate", `query_shots` held-out examples per class
-    (Reptile paper section 6.3). Unused by the other algorithms."""
+    "shared", the last of the inner minibatches drawn from the same train_shots examples
+    per class (it overlaps the earlier ones once they use up the examples), or
+    "separate", `query_shots` further examples per class held out from the inner
+    minibatches (Reptile paper section 6.3). Unused by the other algorithms."""
     query_shots: int
-    """Held-out examples per class in each meta-training task's query set when `tail` is
-    "separate" (0 when unused)."""
+    """Examples per class held out as the query set, beside the train_shots, when `tail`
+    is "separate" (0 when unused)."""
     meta_grads: str
     """For `gradsum`: the inner-step gradients g_i summed into the meta-gradient, e.g.
     "2" or "1+2+3" (Reptile paper section 6.2); each i at most inner_steps."""
@@ -208,10 +212,9 @@ def validate(cfg: Config) -> Config:
         if not 0 <= getattr(cfg, key) < 1:
             raise ConfigError(f"setting {key!r} must be in [0, 1), got {getattr(cfg, key)!r}")
     terms = cfg.meta_grads.split("+")
-    if not all(t.strip().isdigit() and 1 <= int(t) <= cfg.inner_steps for t in terms) \
-            or len(set(map(int, terms))) != len(terms):
-        raise ConfigError(f"setting 'meta_grads' is {cfg.meta_grads!r}: name distinct inner steps 1.."
-                          f"{cfg.inner_steps} joined by '+', e.g. --set meta_grads=1+2")
+    if not all(t.strip().isdigit() and int(t) >= 1 for t in terms) or len(set(map(int, terms))) != len(terms):
+        raise ConfigError(f"setting 'meta_grads' is {cfg.meta_grads!r}: name distinct inner steps (from 1) "
+                          "joined by '+', e.g. --set meta_grads=1+2")
     if cfg.task == "sine" and cfg.eval_queries != 50:
         raise ConfigError("setting 'eval_queries' must be 50 for the sine task (the 50 grid points)")
     return cfg

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from algorithms import ALGORITHMS, QUERY_ALGORITHMS, inner_optimizer
+from algorithms import ALGORITHMS, QUERY_ALGORITHMS, inner_optimizer, parse_terms
 
 from .config import Config, _unknown
 from .episodes import Episode
@@ -47,15 +47,29 @@ def meta_lr_at(cfg: Config, it: int) -> float:
 
 
 def train_episodes(sampler, cfg: Config, algo: str) -> Episode:
-    """A meta-batch for meta-training: train_shots examples per class for the inner
-    minibatches, plus the query ("tail") set that FOMAML and MAML need."""
+    """A meta-batch for meta-training: train_shots examples per class and `inner_steps`
+    minibatches of them. For FOMAML and MAML the last of the `inner_steps` minibatches
+    is the query ("tail"), as in the reference code and the paper's g_k: with a shared
+    tail it is the last planned minibatch of the same examples; with a separate tail it
+    is `query_shots` further examples per class, held out from the other minibatches."""
     if algo not in QUERY_ALGORITHMS:
         return sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps, cfg.inner_batch)
     if cfg.tail == "separate":
-        return sampler.sample(cfg.meta_batch, cfg.train_shots, cfg.query_shots, cfg.inner_steps,
+        return sampler.sample(cfg.meta_batch, cfg.train_shots, cfg.query_shots, cfg.inner_steps - 1,
                               cfg.inner_batch)
-    return sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps + 1,
-                          cfg.inner_batch).shared_tail()
+    return sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps, cfg.inner_batch).shared_tail()
+
+
+def check_algorithm_settings(cfg: Config, algo: str) -> None:
+    """The settings only some algorithms read, checked for those algorithms."""
+    if algo in QUERY_ALGORITHMS and cfg.inner_steps < 2:
+        raise ConfigError(f"{algo} needs inner_steps >= 2 (the last inner minibatch is the query): "
+                          "--set inner_steps=2 or more; one step is joint training (--algo joint)")
+    if algo in QUERY_ALGORITHMS and cfg.tail == "separate" and cfg.query_shots == 0:
+        raise ConfigError(f"{algo} with tail=separate needs held-out query examples: --set query_shots=1 or more")
+    if algo == "gradsum" and max(parse_terms(cfg.meta_grads)) > cfg.inner_steps:
+        raise ConfigError(f"meta_grads={cfg.meta_grads} names a step beyond inner_steps={cfg.inner_steps}: "
+                          "raise inner_steps or drop that term")
 
 
 def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Path = "results",
@@ -65,8 +79,7 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
     if algo not in ALGORITHMS:
         raise _unknown("algorithm", algo, sorted(ALGORITHMS))
     algorithm = ALGORITHMS[algo]
-    if algo in QUERY_ALGORITHMS and cfg.tail == "separate" and cfg.query_shots == 0:
-        raise ConfigError(f"{algo} with tail=separate needs held-out query examples: --set query_shots=1 or more")
+    check_algorithm_settings(cfg, algo)
     dev = resolve_device(device)
     task_data = TaskData(cfg, dev, data, progress=progress)
     path = run_dir(Path(results), preset, algo, seed)

@@ -156,3 +156,37 @@ def test_separate_tail_without_query_shots_is_refused(tmp_path):
     out = bench("run", "--algo", "fomaml", *TINY_SINE, "--set", "tail=separate", "--results", str(tmp_path))
     assert out.returncode == 2 and "query_shots" in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fomaml_and_maml_count_the_query_minibatch_in_inner_steps():
+    import numpy as np
+
+    from bench.config import load_config
+    from bench.episodes import ClassSampler
+    from bench.runner import train_episodes
+
+    pool = torch.rand(30, 20, 4, 4)
+    cfg = load_config("omniglot-5w1s").replace(inner_steps=5, inner_batch=10, train_shots=10, meta_batch=3)
+    shared = train_episodes(ClassSampler(pool, 5, np.random.default_rng(0)), cfg, "fomaml")
+    assert shared.inner_batches.shape == (3, 4, 10) and shared.query_x.shape[:2] == (3, 10)
+    # 5 minibatches of 10 over 50 examples: the tail is disjoint from the 4 inner ones
+    for t in range(3):
+        ids = {float(v) for v in shared.query_x[t, :, 0, 0, 0]}
+        inner = {float(v) for v in shared.support_x[t, shared.inner_batches[t].flatten(), 0, 0, 0]}
+        assert not ids & inner
+    separate = train_episodes(ClassSampler(pool, 5, np.random.default_rng(0)),
+                              cfg.replace(tail="separate", query_shots=2), "maml")
+    assert separate.inner_batches.shape == (3, 4, 10) and separate.query_x.shape[:2] == (3, 10)
+    reptile = train_episodes(ClassSampler(pool, 5, np.random.default_rng(0)), cfg, "reptile")
+    assert reptile.inner_batches.shape == (3, 5, 10) and reptile.query_x.shape[1] == 0
+
+
+@pytest.mark.parametrize("algo,settings,message", [
+    ("fomaml", ["inner_steps=1"], "inner_steps >= 2"),
+    ("gradsum", ["inner_steps=3", "meta_grads=1+4"], "beyond inner_steps=3"),
+])
+def test_settings_an_algorithm_cannot_use_are_refused(tmp_path, algo, settings, message):
+    sets = [arg for s in settings for arg in ("--set", s)]
+    out = bench("run", "--algo", algo, *TINY_SINE, *sets, "--results", str(tmp_path))
+    assert out.returncode == 2 and message in out.stderr
+    assert list(tmp_path.iterdir()) == []

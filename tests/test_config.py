@@ -38,6 +38,8 @@ def test_overrides_are_typed():
     ("eval_tasks=-1", "greater than 0"),
     ("inner_beta1=1", "must be in [0, 1)"),
     ("metaiters=5", "did you mean 'meta_iters'"),
+    ("meta_grads=1+1", "distinct inner steps"),
+    ("meta_grads=0+2", "distinct inner steps"),
 ])
 def test_bad_overrides(item, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
