@@ -59,9 +59,21 @@ class InnerOptimizer:
             g = grads[k]
             m = self.beta1 * state[f"m.{k}"] + (1 - self.beta1) * g
             v = self.beta2 * state[f"v.{k}"] + (1 - self.beta2) * g * g
-            new_params[k] = p - self.lr * (m / corr1) / ((v / corr2).sqrt() + self.eps)
+            new_params[k] = p - self.lr * (m / corr1) / (_sqrt0(v / corr2) + self.eps)
             new_state[f"m.{k}"], new_state[f"v.{k}"] = m, v
         return new_params, new_state
+
+
+def _sqrt0(v: Tensor) -> Tensor:
+    """sqrt(v) for v >= 0 whose derivative is 0 instead of infinite where v == 0.
+
+    The forward value is exactly v.sqrt(). Differentiating through Adam (second-order
+    MAML) meets v == 0 wherever a gradient entry is exactly zero (a dead ReLU channel,
+    say), and the plain square root's infinite slope there turns the meta-gradient
+    into NaN; the double `where` keeps both branches finite.
+    """
+    positive = v > 0
+    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
 
 
 def adapt(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: State,

@@ -42,7 +42,8 @@ class TaskData:
 
     @property
     def splits(self) -> list[str]:
-        """The splits, in logging order."""
+        """The splits evaluated during training, in logging order (sine tasks are all
+        drawn from one distribution, so only "test" is scored)."""
         if self.cfg.task == "sine":
             return ["test"]
         return [s for s in ("train", "val", "test") if s in self.pools]
@@ -57,8 +58,8 @@ class TaskData:
         # Draw one tiny episode of each shape the run will use, so a shots or ways
         # setting the data cannot satisfy fails before anything is written.
         cfg = self.cfg
-        for split in self.splits:
+        for split in dict.fromkeys(["train", *self.splits]):
             s = self.sampler(split, "final", seed=0)
-            if split == "train" or cfg.task == "sine":
+            if split == "train":
                 s.sample(1, cfg.train_shots, cfg.query_shots if cfg.tail == "separate" else 0, 1, 1)
             s.sample(1, cfg.shots, cfg.eval_queries, 1, 1)

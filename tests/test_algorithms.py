@@ -192,3 +192,19 @@ def test_shared_tail_takes_the_last_planned_minibatch(problem):
         assert torch.equal(tailed.query_y[t], ep.support_y[t, idx])
     one = ep.task(1).shared_tail()
     assert torch.equal(one.query_x, tailed.query_x[1])
+
+
+def test_maml_through_adam_stays_finite_where_a_gradient_is_exactly_zero(problem):
+    from algorithms import InnerOptimizer
+
+    def relu_loss(params, x, y):
+        h = torch.relu(x @ params["w1"] + params["b1"])
+        return ((h @ params["w2"] + params["b2"] - y) ** 2).mean()
+
+    params, ep = problem
+    params = {**params, "b1": params["b1"].clone()}
+    params["b1"][0] = -100.0  # a dead unit: its weights' gradients are exactly 0, so Adam's v is 0
+    cfg = settings(inner_optimizer="adam", inner_lr=0.05)
+    step = maml(relu_loss, params, InnerOptimizer("adam", 0.05).init(params), ep, cfg)
+    assert all(torch.isfinite(g).all() for g in step.grad.values())
+    assert step.grad["w1"][:, 0].abs().max() == 0
