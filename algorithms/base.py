@@ -7,8 +7,8 @@ a meta-batch of episodes (tasks first) and the run's settings. It never touches
 files, devices or logging.
 
 Every meta-gradient is on the scale of an inner step, as Reptile's phi - W is
-(Reptile: phi - W; FOMAML: the inner optimizer's step on the query gradient; MAML,
-joint training and the gradient sums: inner_lr times the gradient), so that one
+(Reptile: phi - W; FOMAML and MAML: the inner optimizer's step on their query
+gradient; joint training and the gradient sums: inner_lr times the gradients), so that one
 outer-optimizer setting (the Reptile paper's interpolation with step size 1, or
 Adam, which ignores the scale) serves every algorithm in a comparison.
 """
