@@ -5,7 +5,8 @@
 # build. learn2learn 0.2.0 then needs torch with a matching torchvision; gsutil and
 # qpth, which it lists, are not needed for what the suite uses (algorithms.MAML).
 set -euo pipefail
-py="${PYTHON:-python}"
+py="$(command -v "${PYTHON:-python}")"
+case "$py" in /*) ;; *) py="$PWD/$py" ;; esac  # the build below runs in another folder
 "$py" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" gym scipy requests tqdm \
     "cython>=3" setuptools wheel
 work="$(mktemp -d)"
