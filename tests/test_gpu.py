@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from algorithms import InnerOptimizer, reptile
+from algorithms import reptile
 from bench.config import load_config
 from bench.episodes import Episode
 from bench.models import OmniglotCNN, task_loss
