@@ -44,6 +44,12 @@ class MetaStep:
     logs: dict[str, Tensor]
 
 
+def loss_logs(losses: Tensor) -> dict[str, Tensor]:
+    """The scalars every algorithm logs from its (tasks, steps) losses: the mean loss at
+    the last step and at the first."""
+    return {"loss": losses[:, -1].mean(), "first_loss": losses[:, 0].mean()}
+
+
 Algorithm = Callable[[TaskLoss, Params, State, "Episode", "Config"], MetaStep]
 
 
@@ -64,4 +70,4 @@ def query_meta_step(task, loss: TaskLoss, params: Params, inner_state: State, ep
         (xs, ys, episodes.query_x, episodes.query_y),
         batched=cfg.batched, chain_state=cfg.inner_state == "carry")
     return MetaStep(grad={k: g.mean(0) for k, g in grads.items()}, inner_state=carried,
-                    logs={"loss": losses[:, -1].mean(), "first_loss": losses[:, 0].mean()})
+                    logs=loss_logs(losses))

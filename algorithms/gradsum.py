@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from .base import MetaStep, inner_optimizer
+from .base import MetaStep, inner_optimizer, loss_logs
 from .inner import Params, State, TaskLoss, adapt_with_grads, map_tasks
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def combine(loss: TaskLoss, params: Params, inner_state: State, episodes: "Episo
     idx = [i - 1 for i in terms]
     meta = {k: scale * g[:, idx].sum(1).mean(0) for k, g in grads.items()}  # g: (tasks, steps, ...)
     return MetaStep(grad=meta, inner_state=carried,
-                    logs={"loss": losses[:, -1].mean(), "first_loss": losses[:, 0].mean()})
+                    logs=loss_logs(losses))
 
 
 def gradsum(loss: TaskLoss, params: Params, inner_state: State, episodes: "Episode",

@@ -84,22 +84,27 @@ def adapt(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: State,
     Differentiable with respect to `params` (torch.func.grad of a function that calls
     it gives second-order MAML).
     """
-    params, state, losses, _ = adapt_with_grads(loss, opt, params, state, xs, ys)
+    params, state, losses, _ = _steps(loss, opt, params, state, xs, ys, keep_grads=False)
     return params, state, losses
 
 
 def adapt_with_grads(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: State,
                      xs: Tensor, ys: Tensor) -> tuple[Params, State, Tensor, Params]:
     """`adapt`, also returning each step's gradient g_s (stacked, steps first)."""
+    params, state, losses, grads = _steps(loss, opt, params, state, xs, ys, keep_grads=True)
+    return params, state, losses, {k: torch.stack([g[k] for g in grads]) for k in params}
+
+
+def _steps(loss, opt, params, state, xs, ys, *, keep_grads: bool):
     step_grad = grad_and_value(loss)
     losses, grads_seen = [], []
     for s in range(xs.shape[0]):
         grads, value = step_grad(params, xs[s], ys[s])
         params, state = opt.step(params, grads, state)
         losses.append(value)
-        grads_seen.append(grads)
-    stacked = {k: torch.stack([g[k] for g in grads_seen]) for k in params}
-    return params, state, torch.stack(losses), stacked
+        if keep_grads:
+            grads_seen.append(grads)
+    return params, state, torch.stack(losses), grads_seen
 
 
 PerTask = Callable[..., tuple[Params, State, Tensor]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import MetaStep, inner_optimizer
+from .base import MetaStep, inner_optimizer, loss_logs
 from .inner import Params, State, TaskLoss, adapt_tasks
 
 if TYPE_CHECKING:
@@ -28,4 +28,4 @@ def reptile(loss: TaskLoss, params: Params, inner_state: State, episodes: "Episo
         batched=cfg.batched, chain_state=cfg.inner_state == "carry")
     grad = {k: p - adapted[k].mean(0) for k, p in params.items()}
     return MetaStep(grad=grad, inner_state=carried,
-                    logs={"loss": losses[:, -1].mean(), "first_loss": losses[:, 0].mean()})
+                    logs=loss_logs(losses))
