@@ -28,6 +28,7 @@ OPTIMIZERS = ("sgd", "adam")
 INNER_STATES = ("carry", "reset")
 TAILS = ("shared", "separate")
 ACTIVATIONS = ("tanh", "relu")
+MAML_MEMORY = ("recompute", "unrolled")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,13 @@ class Config:
     query_shots: int
     """Examples per class held out as the query set, beside the train_shots, when `tail`
     is "separate" (0 when unused)."""
+    maml_memory: str
+    """How second-order MAML differentiates through the inner loop: "recompute" keeps
+    only each step's starting weights and state and recomputes one step at a time on
+    the way back (memory bounded as inner steps grow, about one more inner step's
+    compute per step); "unrolled" keeps the whole unrolled loop's graph (faster at a
+    few steps; memory grows with every step). Same meta-gradient (`python -m bench
+    memory` compares them)."""
     meta_grads: str
     """For `gradsum`: the inner-step gradients g_i summed into the meta-gradient, e.g.
     "2" or "1+2+3" (Reptile paper section 6.2); each i at most inner_steps."""
@@ -125,6 +133,10 @@ class Config:
     """Tasks per split in each periodic evaluation."""
     log_every: int
     """Meta-iterations between training-loss rows in metrics.csv."""
+    snapshots: int
+    """Save the initialisation (weights and inner optimizer state) at `snapshots` + 1
+    evenly spaced meta-iterations, the start and the end included, under the run's
+    `snapshots/` folder, for `python -m bench variance` (0: none)."""
 
     # --- execution (no effect on the maths beyond float tolerance) ---------------
     batched: bool
@@ -150,13 +162,14 @@ _CHOICES = {
     "inner_state": INNER_STATES,
     "activation": ACTIVATIONS,
     "tail": TAILS,
+    "maml_memory": MAML_MEMORY,
 }
 _POSITIVE = {
     "ways", "shots", "train_shots", "inner_lr", "inner_steps", "inner_batch", "meta_lr",
     "meta_batch", "meta_iters", "eval_steps", "eval_batch", "eval_tasks", "eval_queries",
     "eval_every_tasks", "log_every", "inner_eps",
 }
-_NON_NEGATIVE = {"val_chars", "meta_lr_final", "eval_every", "eval_chunk", "query_shots"}
+_NON_NEGATIVE = {"snapshots", "val_chars", "meta_lr_final", "eval_every", "eval_chunk", "query_shots"}
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> ConfigError:
@@ -233,12 +246,30 @@ def preset_values(name: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def load_config(preset: str, overrides: dict[str, Any] | None = None) -> Config:
-    """The preset's settings with `overrides` applied, typed and validated."""
-    values = {k: parse_value(k, v) for k, v in preset_values(preset).items()}
+ALGO_KEYS = ("tail", "query_shots", "meta_optimizer", "meta_lr", "meta_lr_final", "meta_batch")
+"""The settings a preset may set per algorithm (its `[algo.<name>]` tables): how the
+meta-gradient's query is drawn and how the outer loop applies it. The task, the inner
+loop and the evaluation stay the same for every algorithm of a comparison."""
+
+
+def algo_settings(preset: str, algo: str | None) -> dict[str, Any]:
+    """The preset's `[algo.<algo>]` table (typed), empty when it has none."""
+    table = preset_values(preset).get("algo", {}).get(algo, {}) if algo else {}
+    bad = sorted(set(table) - set(ALGO_KEYS))
+    if bad:
+        raise ConfigError(f"preset {preset!r} sets {', '.join(bad)} for {algo}: only {', '.join(ALGO_KEYS)} "
+                          "may differ per algorithm (the task, inner loop and evaluation are shared)")
+    return {k: parse_value(k, v) for k, v in table.items()}
+
+
+def load_config(preset: str, overrides: dict[str, Any] | None = None, algo: str | None = None) -> Config:
+    """The preset's settings, then its settings for `algo` (if any), then `overrides`,
+    typed and validated."""
+    values = {k: parse_value(k, v) for k, v in preset_values(preset).items() if k != "algo"}
     missing = sorted(set(_FIELDS) - set(values))
     if missing:
         raise ConfigError(f"preset {preset!r} does not pin {', '.join(missing)}: add them to its TOML file")
+    values.update(algo_settings(preset, algo))
     for key, raw in (overrides or {}).items():
         values[key] = parse_value(key, raw)
     return validate(Config(**values))

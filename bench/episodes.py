@@ -43,6 +43,10 @@ class Episode:
         """Task i of a meta-batch."""
         return Episode(*(t[i] for t in self._tensors()))
 
+    def tasks(self, start: int, stop: int) -> "Episode":
+        """Tasks start..stop-1 of a meta-batch, still a meta-batch (tasks first)."""
+        return Episode(*(t[start:stop] for t in self._tensors()))
+
     def inner_data(self) -> tuple[Tensor, Tensor]:
         """The inner minibatches as data: (tasks, steps, batch, *x_shape) and labels."""
         idx = self.inner_batches
@@ -75,6 +79,14 @@ def minibatch_plan(rng: np.random.Generator, n: int, steps: int, batch: int) -> 
     return order[: steps * batch].reshape(steps, batch)
 
 
+def _plan_rng(rng: np.random.Generator) -> np.random.Generator:
+    """A generator of its own for one task's minibatch plan, seeded from `rng` with one
+    fixed-size draw: the tasks a sampler draws (classes, examples) are then the same
+    whatever the plan's steps and batch, so evaluation protocols that fine-tune
+    differently score the same test tasks."""
+    return np.random.default_rng(rng.integers(2**63))
+
+
 class ClassSampler:
     """N-way episodes from a pool of classes.
 
@@ -102,7 +114,7 @@ class ClassSampler:
         for _ in range(tasks):
             classes.append(rng.choice(n_cls, self.ways, replace=False))
             draws.append(rng.random((self.ways, self.drawings)).argsort(-1)[:, : shots + queries])
-            plans.append(minibatch_plan(rng, self.ways * shots, steps, batch))
+            plans.append(minibatch_plan(_plan_rng(rng), self.ways * shots, steps, batch))
         classes, draws, plan = np.stack(classes), np.stack(draws), np.stack(plans)
 
         dev = self.images.device
@@ -143,7 +155,7 @@ class SineSampler:
             amplitude.append(self.rng.uniform(0.1, 5.0))
             phase.append(self.rng.uniform(0.0, 2 * np.pi))
             points.append(self.rng.random(self.GRID).argsort()[:shots])
-            plans.append(minibatch_plan(self.rng, shots, steps, batch))
+            plans.append(minibatch_plan(_plan_rng(self.rng), shots, steps, batch))
         amplitude, phase = np.array(amplitude)[:, None], np.array(phase)[:, None]
         points, plan = np.stack(points), np.stack(plans)
         y = amplitude * np.sin(self.x[None] + phase)
