@@ -1,4 +1,4 @@
-"""Command line: `python -m bench run|presets ...`."""
+"""Command line: `python -m bench run|presets|report|variance|speed|memory ...`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from . import memory, report, speed, variance
 from .config import available_presets, load_config, parse_overrides, preset_values
 from .errors import BenchError
 
@@ -26,10 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--results", default="results", help="results folder (default: results)")
     r.add_argument("--data", default=None, help="data root (default: $BENCH_DATA, else a per-user cache)")
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    r.add_argument("--eval-protocol", default="shared", choices=("shared", "own", "both"),
+                   help="shared: the preset's evaluation, the same for every algorithm (default); own: the "
+                        "algorithm's own published protocol (MAML paper for maml/fomaml, Reptile paper for "
+                        "the others); both: shared, with the own one reported beside it in final.json")
     r.add_argument("--force", action="store_true", help="overwrite an existing run")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("presets", help="list the presets and their key settings")
+    memory.add_parser(sub)
+    report.add_parser(sub)
+    speed.add_parser(sub)
+    variance.add_parser(sub)
     return p
 
 
@@ -47,13 +56,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "presets":
             _presets()
             return 0
+        if args.command == "memory":
+            return memory.main_memory(args)
+        if args.command == "report":
+            return report.main_report(args)
+        if args.command == "speed":
+            return speed.main_speed(args)
+        if args.command == "variance":
+            return variance.main_variance(args)
         from .runner import run  # imports torch: keep `presets` instant
 
         overrides = parse_overrides(args.overrides)
-        cfg = load_config(args.preset, overrides)
+        cfg = load_config(args.preset, overrides, algo=args.algo)
         final = run(cfg, algo=args.algo, preset=args.preset, seed=args.seed, results=args.results,
                     data=args.data, device=args.device, force=args.force,
-                    progress=not args.no_progress, overrides=overrides)
+                    progress=not args.no_progress, overrides=overrides, eval_protocol=args.eval_protocol)
         print(json.dumps(final, indent=2, sort_keys=True))
         return 0
     except BenchError as e:

@@ -92,3 +92,29 @@ def evaluate(model: nn.Module, params: Params, inner_state: State, sampler, cfg:
     per_task = torch.cat(scores).double().numpy()
     mean, half = mean_ci95(per_task)
     return EvalResult("mse" if cfg.task == "sine" else "accuracy", mean, half, tasks, per_task)
+
+
+def sine_predictions(model: nn.Module, params: Params, inner_state: State, sampler, cfg: Config,
+                     marks: int = 4) -> list[dict]:
+    """The Reptile example's figure as rows: one test task's true curve ("true"), its
+    support points ("support") and the predictions on the grid ("pred") after 0,
+    eval_steps / marks, ..., eval_steps inner steps of the evaluation protocol."""
+    loss, opt = task_loss(model, cfg), inner_optimizer(cfg)
+    state = inner_state if cfg.inner_state == "carry" else opt.init(params)
+    ep = sampler.sample(1, cfg.shots, cfg.eval_queries, cfg.eval_steps, cfg.eval_batch).task(0)
+    xs, ys = ep.inner_data()
+    at = {round(i * cfg.eval_steps / marks) for i in range(marks + 1)}
+    grid = ep.query_x
+    rows = [{"kind": "true", "steps": "", "x": float(x), "y": float(y)} for x, y in zip(grid[:, 0], ep.query_y[:, 0])]
+    rows += [{"kind": "support", "steps": "", "x": float(x), "y": float(y)}
+             for x, y in zip(ep.support_x[:, 0], ep.support_y[:, 0])]
+    p = dict(params)
+    with torch.no_grad():
+        for s in range(cfg.eval_steps + 1):
+            if s in at:
+                pred = functional_call(model, p, (grid,))[:, 0]
+                rows += [{"kind": "pred", "steps": s, "x": float(x), "y": float(y)} for x, y in zip(grid[:, 0], pred)]
+            if s < cfg.eval_steps:
+                grads = torch.func.grad(loss)(p, xs[s], ys[s])
+                p, state = opt.step(p, grads, state)
+    return rows

@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,8 +31,17 @@ METRICS_COLUMNS = ("step", "wall_s", "split", "metric", "value")
 RUN_FILES = ("config.json", "env.json", "metrics.csv", "final.json", "checkpoint.pt")
 
 
-def run_dir(results: Path, preset: str, algo: str, seed: int) -> Path:
-    return Path(results) / preset / algo / f"seed{seed}"
+def method_name(algo: str, meta_grads: str = "", mean: bool = False) -> str:
+    """The run folder's method part: the algorithm, and for the gradient sums which
+    ones (`gradsum-1+2`, `gradsum-mean-1+2`), so the combinations of one preset do not
+    overwrite each other."""
+    if algo != "gradsum":
+        return algo
+    return f"gradsum-{'mean-' if mean else ''}{meta_grads}"
+
+
+def run_dir(results: Path, preset: str, method: str, seed: int) -> Path:
+    return Path(results) / preset / method / f"seed{seed}"
 
 
 def prepare_run_dir(path: Path, *, force: bool) -> None:
@@ -41,6 +51,9 @@ def prepare_run_dir(path: Path, *, force: bool) -> None:
             raise BenchError(f"a run already exists in {path}: pass --force to overwrite it "
                              "or choose another --seed/--results")
         for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / "snapshots", ignore_errors=True)
+        for name in ("variance.csv", "sine_predictions.csv"):
             (path / name).unlink(missing_ok=True)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -57,6 +70,16 @@ def write_json(path: Path, data: Any) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Write dict rows as CSV atomically (columns from the first row)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
     os.replace(tmp, path)
 
 

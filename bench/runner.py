@@ -18,12 +18,14 @@ from tqdm import tqdm
 
 from algorithms import ALGORITHMS, QUERY_ALGORITHMS, inner_optimizer, parse_terms
 
-from .config import Config, _unknown
+from .config import Config, _unknown, algo_settings, available_presets
 from .episodes import Episode
 from .errors import BenchError, ConfigError
-from .evaluate import evaluate
+from .evaluate import evaluate, sine_predictions
 from .models import build_model, task_loss
-from .results import MetricsWriter, environment, prepare_run_dir, run_dir, save_checkpoint, write_json
+from .protocols import eval_config, protocols
+from .results import (MetricsWriter, environment, method_name, prepare_run_dir, run_dir, save_checkpoint,
+                      write_csv, write_json)
 from .tasks import TaskData
 
 
@@ -44,6 +46,14 @@ def meta_lr_at(cfg: Config, it: int) -> float:
     (frac_done = it / meta_iters)."""
     frac = it / cfg.meta_iters
     return (1 - frac) * cfg.meta_lr + frac * cfg.meta_lr_final
+
+
+def snapshot_steps(cfg: Config) -> set[int]:
+    """The meta-iterations (done) at which the initialisation is saved: `snapshots` + 1
+    evenly spaced ones from 0 to meta_iters (none when snapshots is 0)."""
+    if not cfg.snapshots:
+        return set()
+    return {round(i * cfg.meta_iters / cfg.snapshots) for i in range(cfg.snapshots + 1)}
 
 
 def train_episodes(sampler, cfg: Config, algo: str) -> Episode:
@@ -74,19 +84,30 @@ def check_algorithm_settings(cfg: Config, algo: str) -> None:
 
 def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Path = "results",
         data: str | Path | None = None, device: str | None = None, force: bool = False,
-        progress: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Meta-train, evaluate, and write `results/<preset>/<algo>/seed<seed>/`. Returns final.json."""
+        progress: bool = True, overrides: dict[str, Any] | None = None,
+        eval_protocol: str = "shared") -> dict[str, Any]:
+    """Meta-train, evaluate, and write `results/<preset>/<algo>/seed<seed>/`. Returns final.json.
+
+    eval_protocol: "shared" (the preset's evaluation, the same for every algorithm),
+    "own" (the algorithm's own published protocol, see `protocols`) or "both" (the
+    shared one, and the own one reported beside it in final.json's `own_protocol`)."""
     if algo not in ALGORITHMS:
         raise _unknown("algorithm", algo, sorted(ALGORITHMS))
     algorithm = ALGORITHMS[algo]
     check_algorithm_settings(cfg, algo)
+    evals = [(p, eval_config(cfg, p)) for p in protocols(eval_protocol, algo, cfg)]
+    primary, eval_cfg = evals[0]
     dev = resolve_device(device)
     task_data = TaskData(cfg, dev, data, progress=progress)
-    path = run_dir(Path(results), preset, algo, seed)
+    path = run_dir(Path(results), preset, method_name(algo, cfg.meta_grads, cfg.meta_grads_mean), seed)
     prepare_run_dir(path, force=force)
 
     write_json(path / "config.json", {**cfg.to_dict(), "preset": preset, "algo": algo, "seed": seed,
-                                      "overrides": overrides or {}, "device": dev.type})
+                                      "algo_settings": (algo_settings(preset, algo)
+                                                        if preset in available_presets() else {}),
+                                      "overrides": overrides or {}, "device": dev.type,
+                                      "eval_protocol": primary.describe(),
+                                      "own_protocol": evals[1][0].describe() if len(evals) > 1 else None})
     write_json(path / "env.json", environment(dev))
 
     torch.manual_seed(seed)
@@ -101,6 +122,15 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
     periodic = {s: task_data.sampler(s, "periodic", seed) for s in task_data.splits}
     metrics = MetricsWriter(path / "metrics.csv")
     train_s = 0.0  # meta-training seconds, periodic evaluation excluded
+    snapshots = snapshot_steps(cfg)
+
+    def snapshot(done: int) -> None:
+        if done in snapshots:
+            (path / "snapshots").mkdir(exist_ok=True)
+            save_checkpoint(path / "snapshots" / f"step{done}.pt", {
+                "params": params, "inner_state": inner_state, "step": done, "algo": algo, "preset": preset})
+
+    snapshot(0)
     bar = tqdm(total=cfg.meta_iters, unit="it", disable=not progress, dynamic_ncols=True,
                desc=f"{algo} {preset} seed{seed}", mininterval=1.0)
     try:
@@ -128,26 +158,39 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
                 metrics.write(done, train_s, "train", "meta_lr", lr)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
             bar.update(1)
+            snapshot(done)
             if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.meta_iters:
                 for split, sampler in periodic.items():
-                    r = evaluate(model, params, inner_state, sampler, cfg, cfg.eval_every_tasks)
+                    r = evaluate(model, params, inner_state, sampler, eval_cfg, cfg.eval_every_tasks)
                     metrics.write(done, train_s, split, r.metric, r.value)
 
         t0 = time.perf_counter()
-        final_sampler = task_data.sampler("test", "final", seed)
-        result = evaluate(model, params, inner_state, final_sampler, cfg, cfg.eval_tasks)
+        results_by_protocol = []
+        for _, pcfg in evals:  # every protocol scores the same test tasks (the same sampler seed)
+            if results_by_protocol and pcfg == eval_cfg:  # the own protocol is the shared one: same numbers
+                results_by_protocol.append(results_by_protocol[0])
+                continue
+            final_sampler = task_data.sampler("test", "final", seed)
+            results_by_protocol.append(evaluate(model, params, inner_state, final_sampler, pcfg, cfg.eval_tasks))
         eval_s = time.perf_counter() - t0
+        result = results_by_protocol[0]
         metrics.write(cfg.meta_iters, train_s, "test", result.metric, result.value)
     finally:
         bar.close()
         metrics.close()
 
-    final = {**result.summary(), "split": "test", "transductive": cfg.transductive,
+    final = {**result.summary(), "split": "test", "transductive": eval_cfg.transductive,
+             "eval_protocol": primary.name,
+             "own_protocol": ({**results_by_protocol[1].summary(), "name": evals[1][0].name,
+                               "transductive": evals[1][1].transductive} if len(evals) > 1 else None),
              "algo": algo, "preset": preset, "seed": seed, "meta_iters": cfg.meta_iters,
              "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
              "ms_per_meta_iter": round(1000 * train_s / cfg.meta_iters, 3)}
-    write_json(path / "final.json", final)
+    if cfg.task == "sine":  # the Reptile example's figure, for the report
+        write_csv(path / "sine_predictions.csv", sine_predictions(
+            model, params, inner_state, task_data.sampler("test", "final", seed), eval_cfg))
     save_checkpoint(path / "checkpoint.pt", {
         "params": params, "inner_state": inner_state, "meta_optimizer": meta_opt.state_dict(),
         "config": cfg.to_dict(), "algo": algo, "preset": preset, "seed": seed, "step": cfg.meta_iters})
+    write_json(path / "final.json", final)  # last: its presence marks a finished run
     return final

@@ -32,7 +32,12 @@ def test_sine_run_writes_the_documented_files(tmp_path):
     assert out.returncode == 0, out.stderr
     run = tmp_path / "sine" / "reptile" / "seed0"
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint.pt", "config.json", "env.json", "final.json", "metrics.csv"]
+        "checkpoint.pt", "config.json", "env.json", "final.json", "metrics.csv", "sine_predictions.csv",
+        "snapshots"]
+    predictions = rows(run / "sine_predictions.csv")
+    assert {(r["kind"], r["steps"]) for r in predictions} == {
+        ("true", ""), ("support", ""), *(("pred", str(s)) for s in (0, 8, 16, 24, 32))}
+    assert sum(r["kind"] == "support" for r in predictions) == 10
 
     final = json.loads((run / "final.json").read_text())
     assert final["metric"] == "mse" and final["tasks"] == 20 and final["value"] > 0
@@ -190,3 +195,25 @@ def test_settings_an_algorithm_cannot_use_are_refused(tmp_path, algo, settings, 
     out = bench("run", "--algo", algo, *TINY_SINE, *sets, "--results", str(tmp_path))
     assert out.returncode == 2 and message in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_speed_times_every_algorithm_side_by_side():
+    out = bench("speed", "--preset", "sine", "--algos", "reptile,fomaml,joint", "--paths", "serial,batched",
+                "--rounds", "2", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("preset sine, cpu") and "median of 2" in lines[0]
+    assert [line.split("|")[1].strip() for line in lines[3:]] == ["reptile", "fomaml", "joint"]
+    assert "(1.0)" in lines[3]  # the first algorithm is the reference of the ratios
+    assert bench("speed", "--algos", "reptile,nope").returncode == 2
+
+
+def test_memory_compares_both_maml_backwards():
+    out = bench("memory", "--preset", "sine", "--steps", "1,3", "--repeats", "1", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| 1 ") or
+            line.startswith("| 3 ")]
+    assert [r[0].strip() for r in rows] == ["1", "3"]
+    assert all(float(c) >= 0 for r in rows for c in r[1:])
+    bad = bench("memory", "--steps", "0")
+    assert bad.returncode == 2 and "--steps" in bad.stderr
