@@ -1,0 +1,199 @@
+"""The report generator on a tiny synthetic results folder (no training, no torch in the code under test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import published
+from bench.report import ReportError, TIMESTAMP_PREFIX, add_parser, build_report, main_report
+from bench.report_stats import pairwise
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("## omniglot-5w1s", "## omniglot-gradsum", "## sine", "### Results", "### Significance",
+            "## Gradient combinations", "## Meta-gradient variance", "## Sine-wave predictions",
+            "## Settings of each run", "## Environment", "## Skipped runs")
+
+
+def write_run(results: Path, preset: str, algo: str, seed: int, *, level: float, meta_iters: int = 300,
+              metric: str = "accuracy", extra_config: dict | None = None, extra_final: dict | None = None) -> Path:
+    """One run folder as bench.runner writes it, with curves that rise towards `level`."""
+    path = results / preset / algo / f"seed{seed}"
+    path.mkdir(parents=True)
+    config = {"preset": preset, "algo": algo, "seed": seed, "overrides": {"meta_iters": str(meta_iters)},
+              "device": "cpu", "task": "sine" if metric == "mse" else "omniglot", "meta_iters": meta_iters,
+              "meta_batch": 5, "inner_steps": 4, "inner_lr": 0.003, "eval_tasks": 50, "transductive": False,
+              "eval_every": 100, "eval_every_tasks": 20, "meta_grads": "1+2+3+4", "meta_grads_mean": False,
+              **(extra_config or {})}
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "env.json").write_text(json.dumps({"python": "3.11.9", "platform": "Linux", "torch": "2.13.0",
+                                               "numpy": "2.4.6", "bench": "0.1.0", "device": "cpu",
+                                               "device_name": "x86_64", "cpu_threads": 2, "git_commit": "abc123"}))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step in range(100, meta_iters + 1, 100):
+        wall = step * (0.01 + 0.001 * seed)
+        rows.append((step, wall, "train", "loss", 1.0 / step))
+        value = level * step / meta_iters + rng.normal(0, 0.01)
+        rows.append((step, wall, "test", metric, value))
+    pd.DataFrame(rows, columns=["step", "wall_s", "split", "metric", "value"]).to_csv(path / "metrics.csv", index=False)
+    final = {"metric": metric, "value": rows[-1][-1], "ci95": 0.02, "tasks": 50, "split": "test",
+             "interval": "95% Student-t interval over per-task means", "transductive": False, "algo": algo,
+             "preset": preset, "seed": seed, "meta_iters": meta_iters, "train_seconds": 3.0,
+             "eval_seconds": 1.0, "ms_per_meta_iter": 10.0, **(extra_final or {})}
+    (path / "final.json").write_text(json.dumps(final))
+    return path
+
+
+def write_variance(path: Path, algo: str, seed: int) -> None:
+    steps = np.arange(100, 301, 100)
+    pd.DataFrame({"step": steps, "algo": algo, "mean_norm": 1.0 + 0.1 * seed + 0 * steps,
+                  "variance": 0.5 / steps, "snr": steps / 100.0, "tasks": 8}).to_csv(path / "variance.csv", index=False)
+
+
+def write_sine(path: Path, joint: bool) -> None:
+    x = np.linspace(-5, 5, 50)
+    rows = [("true", "", xi, np.sin(xi)) for xi in x] + [("support", "", xi, np.sin(xi)) for xi in x[::5]]
+    for steps in (0, 8, 16, 24, 32):
+        scale = 0.0 if joint else steps / 32
+        rows += [("pred", steps, xi, scale * np.sin(xi)) for xi in x]
+    pd.DataFrame(rows, columns=["kind", "steps", "x", "y"]).to_csv(path / "sine_predictions.csv", index=False)
+
+
+def make_results(res: Path, *, full: bool = True) -> Path:
+    """Two algorithms x 2 seeds on omniglot-5w1s; with `full`, also the gradsum family
+    (two combinations and joint training) and the sine task, a variance.csv and predictions."""
+    for seed in (0, 1):
+        d = write_run(res, "omniglot-5w1s", "reptile", seed, level=0.7,
+                      extra_final={"own_protocol": {"metric": "accuracy", "value": 0.71, "ci95": 0.03, "tasks": 50}})
+        write_run(res, "omniglot-5w1s", "maml", seed, level=0.6)
+        if not full:
+            continue
+        write_variance(d, "reptile", seed)
+        for grads, mean in (("1+2", False), ("1+2", True)):
+            write_run(res / f"{grads}-{mean}", "omniglot-gradsum", "gradsum", seed, level=0.5 + 0.1 * mean,
+                      extra_config={"meta_grads": grads, "meta_grads_mean": mean})
+        write_run(res, "omniglot-gradsum", "joint", seed, level=0.2)
+        for algo in ("reptile", "joint"):
+            d = write_run(res, "sine", algo, seed, level=0.1 if algo == "reptile" else 2.0, metric="mse")
+            if seed == 0:
+                write_sine(d, joint=algo == "joint")
+    return res
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> dict:
+    """One report from the full synthetic results, shared by the tests that only read it
+    (a generation takes seconds: the suite must stay fast)."""
+    root = tmp_path_factory.mktemp("report")
+    results, out = make_results(root / "results"), root / "out"
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        report = build_report(results, out)
+    return {"results": results, "out": out, "text": report.read_text(), "stdout": buf.getvalue(),
+            "figures": {p.name: p.read_bytes() for p in sorted((out / "figures").iterdir())}}
+
+
+def without_timestamp(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not line.startswith(TIMESTAMP_PREFIX)]
+
+
+def test_report_has_every_section_and_figure(generated: dict):
+    text, out = generated["text"], generated["out"]
+    for section in SECTIONS:
+        assert section in text, section
+    stems = ("omniglot-5w1s-curves", "omniglot-gradsum-curves", "sine-curves", "gradient-combinations",
+             "omniglot-5w1s-variance", "sine-sine")
+    for stem in stems:
+        for ext in ("png", "svg"):
+            assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 0
+        assert f"figures/{stem}.png" in text
+    assert "g1+g2" in text and "mean(g1+g2)" in text and "g1 (joint)" in text
+    assert "95.39 +- 0.09" in text           # Reptile row of Table 2 beside the reptile run
+    assert "**reduced**" in text and "REDUCED" in text  # 300 of 100,000 meta-iterations
+    assert "own protocol" in text
+    assert "Welch" in text
+    assert "no published table number" in text  # the sine task
+    assert sum(line.startswith(TIMESTAMP_PREFIX) for line in text.splitlines()) == 1
+    assert generated["stdout"].count("wrote figures/") == len(stems)
+
+
+def test_missing_variance_and_predictions_say_how_to_produce_them(tmp_path: Path):
+    text = build_report(make_results(tmp_path / "results", full=False), tmp_path / "out", progress=False).read_text()
+    assert "python -m bench variance" in text
+    assert "sine_predictions.csv" in text and "--preset sine" in text
+    assert "No `omniglot-gradsum*` runs" in text
+
+
+def test_broken_runs_are_skipped_with_the_reason(tmp_path: Path):
+    results = make_results(tmp_path / "results", full=False)
+    (results / "omniglot-5w1s" / "maml" / "seed1" / "final.json").unlink()
+    (results / "omniglot-5w1s" / "reptile" / "seed1" / "metrics.csv").write_bytes(b"\x00\xff garbage\n1,2\n")
+    text = build_report(results, tmp_path / "out", progress=False).read_text()
+    skipped = text.split("## Skipped runs")[1]
+    assert "omniglot-5w1s/maml/seed1" in skipped and "missing final.json" in skipped
+    assert "omniglot-5w1s/reptile/seed1" in skipped and "metrics.csv" in skipped
+    assert (tmp_path / "out" / "figures" / "omniglot-5w1s-curves.png").exists()
+    assert "not tested (needs ≥2 seeds each)" in text
+
+
+def test_empty_folder_raises_a_clear_error(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match=r"no runs in .*empty.*python -m bench run --algo reptile"):
+        build_report(tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(ReportError, match="does not exist"):
+        build_report(tmp_path / "missing", tmp_path / "out")
+
+
+def test_cli_entry_returns_2_with_one_line(tmp_path: Path, capsys):
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    assert (args.results, args.out) == (str(tmp_path / "missing"), str(tmp_path / "out"))
+    assert main_report(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert parser.parse_args(["report"]).results == "results" and parser.parse_args(["report"]).out == "reports"
+
+
+def test_two_generations_are_identical_but_the_timestamp(generated: dict):
+    out = generated["out"]
+    second = build_report(generated["results"], out, progress=False).read_text()
+    assert without_timestamp(second) == without_timestamp(generated["text"])
+    assert {p.name: p.read_bytes() for p in sorted((out / "figures").iterdir())} == generated["figures"]
+
+
+def test_published_lookup():
+    assert published.lookup("omniglot-5w1s", "reptile", transductive=False).value == 95.39
+    assert published.lookup("omniglot-5w1s", "reptile", transductive=True).value == 97.68
+    assert published.lookup("omniglot-20w5s", "maml").method == "MAML + transduction"
+    assert published.lookup("omniglot-5w1s-maml", "maml").source.startswith("MAML paper")
+    assert published.lookup("sine", "reptile") is None
+    assert "not a paper table" in published.no_number_note("sine", "reptile")
+    assert published.full_scale("omniglot-20w1s").meta_iters == 200_000
+    assert published.full_scale("omniglot-gradsum-x").meta_iters == 40_000
+    assert all(p.source for p in published.PUBLISHED)
+
+
+def test_significance_flags_different_and_not_identical_pairs():
+    fin = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["d"],
+                        "value": [70.0, 71.0, 70.5, 90.0, 91.0, 90.5, 70.0, 71.0, 70.5, 50.0]})
+    pairs = pairwise(fin, ["a", "b", "c", "d"]).set_index(["a", "b"])
+    assert pairs.loc[("a", "b"), "significant"] and pairs.loc[("a", "b"), "p"] < 0.001
+    assert not pairs.loc[("a", "c"), "significant"] and pairs.loc[("a", "c"), "p"] == pytest.approx(1.0)
+    assert not pairs.loc[("a", "d"), "tested"]
+
+
+def test_report_modules_do_not_import_torch():
+    code = ("import sys, bench.report, bench.published; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
