@@ -305,9 +305,10 @@ def _variance_section(by_preset: dict[str, list[Run]], out_dir: Path, progress: 
     with_var = {p: [r for r in rs if r.variance is not None] for p, rs in by_preset.items()}
     with_var = {p: rs for p, rs in with_var.items() if rs}
     if not with_var:
-        return head + [f"No run folder holds a usable `{VARIANCE_FILE}`. Produce one per run with "
-                       "`python -m bench variance ...` (it writes step, algo, mean_norm, variance, snr into "
-                       "the run folder), then regenerate this report.", ""]
+        return head + [f"No run folder holds a usable `{VARIANCE_FILE}`. Produce one with "
+                       "`python -m bench variance <results>/<preset>/<method>/seed<k>` on a run that kept "
+                       "snapshots (it writes step, algo, mean_norm, variance, snr into the run folder), then "
+                       "regenerate this report.", ""]
     lines = head + ["Mean norm, variance and signal-to-noise ratio of the meta-gradient against "
                     "meta-iteration (mean over seeds, 95% t-interval band), beside the standard deviation "
                     "of the learning curves over seeds at each step (methods with ≥2 seeds).", ""]
@@ -331,8 +332,8 @@ def _sine_section(by_preset: dict[str, list[Run]], out_dir: Path, progress: bool
     if not found:
         return head + [f"No run folder holds a usable `{SINE_FILE}` (columns kind, steps, x, y). "
                        "Produce the sine runs with `python -m bench run --algo reptile --preset sine` and "
-                       "`python -m bench run --algo joint --preset sine`; their folders need the predictions "
-                       "file for this figure.", ""]
+                       "`python -m bench run --algo joint --preset sine`: every sine run writes the "
+                       "predictions file.", ""]
     lines = head + ["One test task per method (the lowest seed with predictions): the true function, the "
                     "support points it is fine-tuned on, and the prediction after each number of inner steps. "
                     "Joint training is expected to stay near f(x) = 0 (PAPERS.md section 6).", ""]
