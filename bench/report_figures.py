@@ -62,10 +62,11 @@ def _lines(ax, df: pd.DataFrame, x: str, y: str, order: list[str], colors: dict)
                  ax=ax, legend=False, marker="o", markersize=3)
 
 
-def _legend(fig: Figure, methods: list[str], colors: dict, title: str = "method") -> None:
+def _legend(fig: Figure, methods: list[str], colors: dict, title: str = "method",
+            loc: str = "outside right upper") -> None:
     """One legend for all panels, outside them, listing only the methods drawn."""
     handles = [Line2D([], [], color=colors[m], marker="o", markersize=3, label=m) for m in methods]
-    fig.legend(handles=handles, title=title, loc="outside right upper", fontsize=8)
+    fig.legend(handles=handles, title=title, loc=loc, fontsize=8)
 
 
 def _drawn(make: Callable[[], tuple[Figure, list]], stem: Path) -> list[Path]:
@@ -93,11 +94,13 @@ def learning_curves(df: pd.DataFrame, order: list[str], ylabel: str, title: str,
 def gradient_combinations(df: pd.DataFrame, order: list[str], ylabel: str, title: str, stem: Path) -> list[Path]:
     """Reptile paper section 6.2's figure: one curve per meta-gradient combination."""
     def make() -> Figure:
-        fig, axes = _figure(1, 1, 7.5, 4.5)
+        fig, axes = _figure(1, 1, 9.5, 4.5)
         colors = dict(zip(order, sns.color_palette("tab10" if len(order) <= 10 else "husl", len(order))))
         _lines(axes[0, 0], df, "step", "value", order, colors)
         axes[0, 0].set(xlabel="meta-iteration", ylabel=ylabel)
-        _legend(fig, [m for m in order if m in set(df["method"])], colors, title="meta-gradient")
+        # A long legend, centred beside the axes so that it clears the title.
+        _legend(fig, [m for m in order if m in set(df["method"])], colors, title="meta-gradient",
+                loc="outside right center")
         fig.suptitle(title, fontsize=10)
         return fig
     return _drawn(make, stem)
