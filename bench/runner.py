@@ -70,6 +70,18 @@ def train_episodes(sampler, cfg: Config, algo: str) -> Episode:
     return sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps, cfg.inner_batch).shared_tail()
 
 
+def meta_iteration(algorithm, algo: str, loss, params, inner_state, sampler, meta_opt, cfg: Config):
+    """One meta-iteration: draw a meta-batch, compute the meta-gradient, let the outer
+    optimizer apply it to `params` (in place). Returns the algorithm's MetaStep."""
+    episodes = train_episodes(sampler, cfg, algo)
+    with torch.no_grad():  # torch.func transforms inside still differentiate
+        step = algorithm(loss, params, inner_state, episodes, cfg)
+    for k, p in params.items():
+        p.grad = step.grad[k]
+    meta_opt.step()
+    return step
+
+
 def check_algorithm_settings(cfg: Config, algo: str) -> None:
     """The settings only some algorithms read, checked for those algorithms."""
     if algo in QUERY_ALGORITHMS and cfg.inner_steps < 2:
@@ -139,12 +151,7 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
             lr = meta_lr_at(cfg, it)
             for group in meta_opt.param_groups:
                 group["lr"] = lr
-            episodes = train_episodes(train_sampler, cfg, algo)
-            with torch.no_grad():  # torch.func transforms inside still differentiate
-                step = algorithm(loss, params, inner_state, episodes, cfg)
-            for k, p in params.items():
-                p.grad = step.grad[k]
-            meta_opt.step()
+            step = meta_iteration(algorithm, algo, loss, params, inner_state, train_sampler, meta_opt, cfg)
             inner_state = step.inner_state
             done = it + 1
             logged = done % cfg.log_every == 0 or done == cfg.meta_iters

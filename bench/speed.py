@@ -28,7 +28,7 @@ def _setup(preset: str, algo: str, batched: bool, device):
     from .config import load_config
     from .episodes import ClassSampler, SineSampler
     from .models import build_model, task_loss
-    from .runner import check_algorithm_settings, train_episodes
+    from .runner import check_algorithm_settings, meta_iteration
 
     cfg = load_config(preset, algo=algo).replace(batched=batched)
     check_algorithm_settings(cfg, algo)
@@ -46,17 +46,12 @@ def _setup(preset: str, algo: str, batched: bool, device):
     box = {"state": inner_optimizer(cfg).init(params)}
     algorithm = ALGORITHMS[algo]
 
-    def meta_iteration():
-        episodes = train_episodes(sampler, cfg, algo)
-        with torch.no_grad():
-            step = algorithm(loss, params, box["state"], episodes, cfg)
-        for k, p in params.items():
-            p.grad = step.grad[k]
-        opt.step()
+    def timed():
+        step = meta_iteration(algorithm, algo, loss, params, box["state"], sampler, opt, cfg)
         box["state"] = step.inner_state
         float(step.logs["loss"])  # the host sync the runner does when it logs; waits for a GPU
 
-    return meta_iteration
+    return timed
 
 
 def measure(preset: str, algos: list[str], paths: list[str], rounds: int, device) -> list[dict]:
