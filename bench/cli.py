@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 
 from . import memory, report, speed, variance
 from .config import available_presets, load_config, parse_overrides, preset_values
@@ -31,7 +34,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="shared: the preset's evaluation, the same for every algorithm (default); own: the "
                         "algorithm's own published protocol (MAML paper for maml/fomaml, Reptile paper for "
                         "the others); both: shared, with the own one reported beside it in final.json")
-    r.add_argument("--force", action="store_true", help="overwrite an existing run")
+    r.add_argument("--force", action="store_true", help="start an existing run over (its files are replaced)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run from its last checkpoint (one that finished is left as it is; "
+                        "with no run yet, start one): the same settings are required")
+    r.add_argument("--checkpoint-every", default="60s", metavar="N|Ns|Nm",
+                   help="checkpoint every N meta-iterations, or every N seconds/minutes of meta-training "
+                        "(default 60s); where checkpoints fall never changes a result")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("presets", help="list the presets and their key settings")
@@ -48,6 +57,24 @@ def _presets() -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM (a scheduler's preemption) unwinds like Ctrl-C, so the run is marked
+    failed and its lock released; the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = parse_overrides(args.overrides)
         cfg = load_config(args.preset, overrides, algo=args.algo)
-        final = run(cfg, algo=args.algo, preset=args.preset, seed=args.seed, results=args.results,
-                    data=args.data, device=args.device, force=args.force,
-                    progress=not args.no_progress, overrides=overrides, eval_protocol=args.eval_protocol)
+        with _sigterm_unwinds():
+            final = run(cfg, algo=args.algo, preset=args.preset, seed=args.seed, results=args.results,
+                        data=args.data, device=args.device, force=args.force, resume=args.resume,
+                        progress=not args.no_progress, overrides=overrides, eval_protocol=args.eval_protocol,
+                        checkpoint_every=args.checkpoint_every)
         print(json.dumps(final, indent=2, sort_keys=True))
         return 0
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code

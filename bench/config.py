@@ -206,7 +206,8 @@ def parse_value(key: str, raw: Any) -> Any:
                 pass
     elif typ is str and isinstance(raw, str):
         return raw
-    raise ConfigError(f"setting {key!r} must be a {typ.__name__}, got {raw!r}: e.g. --set {key}="
+    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[typ]
+    raise ConfigError(f"setting {key!r} must be {kind}, got {raw!r}: e.g. --set {key}="
                       + {bool: "true", int: "10", float: "0.001", str: "..."}[typ])
 
 

@@ -1,8 +1,11 @@
-"""Errors the suite reports to the user as one line (the CLI prints them and exits 2)."""
+"""Errors the suite reports to the user as one line (the CLI prints them and exits with
+`exit_code`: 2 for bad input, 3 for a run that diverged)."""
 
 
 class BenchError(Exception):
     """A problem with the user's input or environment, with a message that names the fix."""
+
+    exit_code = 2
 
 
 class ConfigError(BenchError):
@@ -11,3 +14,9 @@ class ConfigError(BenchError):
 
 class DataError(BenchError):
     """A data set that is missing, corrupt or cannot be fetched."""
+
+
+class TrainingDiverged(BenchError):
+    """The meta-training loss or the weights stopped being finite."""
+
+    exit_code = 3

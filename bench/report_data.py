@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import BenchError
+from .results import FAILED, FINISHED, METRICS_COLUMNS, STATE, read_state
 
 REQUIRED = ("config.json", "metrics.csv", "final.json")
 """A run needs these to be reported; `env.json` is optional (shown as unknown)."""
-MARKERS = (*REQUIRED, "env.json")
+MARKERS = (*REQUIRED, "env.json", STATE)
 """Any of these makes a folder a (possibly incomplete) run folder."""
-METRICS_COLUMNS = ("step", "wall_s", "split", "metric", "value")
 VARIANCE_FILE = "variance.csv"
 VARIANCE_COLUMNS = ("mean_norm", "variance", "snr")
 SINE_FILE = "sine_predictions.csv"
@@ -204,6 +204,12 @@ def _optional_csv(folder: Path, name: str, columns: tuple[str, ...], numeric: tu
 def load_run(folder: Path, results_dir: Path) -> Run | Skipped:
     """Parse one run folder, or say why it cannot be reported."""
     rel = folder.relative_to(results_dir).as_posix() if folder != results_dir else "."
+    state = read_state(folder)  # the run's own word first: running, failed or finished
+    if state and state.get("state") != FINISHED:
+        at = f" (last checkpoint: meta-iteration {state['step']})" if "step" in state else ""
+        if state.get("state") == FAILED:
+            return Skipped(rel, f"failed{at}: {state.get('message') or 'no message'}")
+        return Skipped(rel, f"unfinished{at}: still running, or killed (`--resume` continues it)")
     missing = [name for name in REQUIRED if not (folder / name).is_file()]
     if missing:
         hint = " (still running, or it failed)" if "final.json" in missing else ""

@@ -1,14 +1,18 @@
 """`run(config)`: meta-train one algorithm with one seed, evaluate, write the run folder.
 
-Read top to bottom: resolve the device and the data (any bad input fails here,
-before a file is written), create the run folder, then the meta-training loop:
-sample a meta-batch, ask the algorithm for the meta-gradient, let the outer
-optimizer apply it with the linearly annealed step size, log, evaluate now and
-then; finally evaluate on the test split and save.
+Read top to bottom: check the settings, the device, the run folder and the data
+(any bad input fails here, before a file is written), create the run folder or
+load its checkpoint, then the meta-training loop: sample a meta-batch, ask the
+algorithm for the meta-gradient, let the outer optimizer apply it with the
+linearly annealed step size, log, evaluate now and then, checkpoint now and then;
+finally evaluate on the test split and save. The run folder's state marker says
+running, finished or failed throughout; a non-finite loss stops the run.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,15 +22,17 @@ from tqdm import tqdm
 
 from algorithms import ALGORITHMS, QUERY_ALGORITHMS, inner_optimizer, parse_terms
 
+from .checkpoint import FORMAT, CheckpointClock, resume_point, rng_states, set_rng_states
 from .config import Config, _unknown, algo_settings, available_presets
 from .episodes import Episode
-from .errors import BenchError, ConfigError
+from .errors import BenchError, ConfigError, TrainingDiverged
 from .evaluate import evaluate, sine_predictions
 from .models import build_model, task_loss
 from .protocols import eval_config, protocols
-from .results import (MetricsWriter, environment, method_name, prepare_run_dir, run_dir, save_checkpoint,
-                      write_csv, write_json)
-from .tasks import TaskData
+from .results import (FAILED, FINISHED, RUNNING, CHECKPOINT, MetricsWriter, RunLock, check_writable, clear_run,
+                      clear_temporaries, environment, has_run, method_name, read_state, run_dir,
+                      save_checkpoint, write_csv, write_json, write_state)
+from .tasks import TaskData, check_sizes
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -94,34 +100,98 @@ def check_algorithm_settings(cfg: Config, algo: str) -> None:
                           "raise inner_steps or drop that term")
 
 
+def run_identity(cfg: Config, *, algo: str, preset: str, seed: int, device: torch.device,
+                 evals: list) -> dict[str, Any]:
+    """What makes two runs the same run: every resolved setting, the algorithm, preset,
+    seed and device, and the evaluation protocols (as config.json records them)."""
+    identity = {**cfg.to_dict(), "preset": preset, "algo": algo, "seed": seed, "device": device.type,
+                "eval_protocol": evals[0][0].describe(),
+                "own_protocol": evals[1][0].describe() if len(evals) > 1 else None}
+    return json.loads(json.dumps(identity))  # as it reads back from config.json
+
+
+def _failure(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C); continue it with --resume"
+    if isinstance(e, SystemExit):
+        return "terminated (SIGTERM); continue it with --resume"
+    if isinstance(e, BenchError):
+        return str(e)
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
 def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Path = "results",
         data: str | Path | None = None, device: str | None = None, force: bool = False,
-        progress: bool = True, overrides: dict[str, Any] | None = None,
-        eval_protocol: str = "shared") -> dict[str, Any]:
+        resume: bool = False, progress: bool = True, overrides: dict[str, Any] | None = None,
+        eval_protocol: str = "shared", checkpoint_every: str = "60s") -> dict[str, Any]:
     """Meta-train, evaluate, and write `results/<preset>/<algo>/seed<seed>/`. Returns final.json.
 
     eval_protocol: "shared" (the preset's evaluation, the same for every algorithm),
     "own" (the algorithm's own published protocol, see `protocols`) or "both" (the
-    shared one, and the own one reported beside it in final.json's `own_protocol`)."""
+    shared one, and the own one reported beside it in final.json's `own_protocol`).
+    resume: continue the run in that folder from its checkpoint (or return its
+    final.json when it has finished; start it when there is none). force: start over.
+    checkpoint_every: "N" meta-iterations, or "Ns"/"Nm" of meta-training time."""
+    if force and resume:
+        raise BenchError("--force and --resume exclude each other: --resume continues the run, --force starts it over")
     if algo not in ALGORITHMS:
         raise _unknown("algorithm", algo, sorted(ALGORITHMS))
     algorithm = ALGORITHMS[algo]
     check_algorithm_settings(cfg, algo)
+    check_sizes(cfg)
     evals = [(p, eval_config(cfg, p)) for p in protocols(eval_protocol, algo, cfg)]
     primary, eval_cfg = evals[0]
     dev = resolve_device(device)
-    task_data = TaskData(cfg, dev, data, progress=progress)
+    clock = CheckpointClock(checkpoint_every)
     path = run_dir(Path(results), preset, method_name(algo, cfg.meta_grads, cfg.meta_grads_mean), seed)
-    prepare_run_dir(path, force=force)
+    identity = run_identity(cfg, algo=algo, preset=preset, seed=seed, device=dev, evals=evals)
 
-    write_json(path / "config.json", {**cfg.to_dict(), "preset": preset, "algo": algo, "seed": seed,
-                                      "algo_settings": (algo_settings(preset, algo)
-                                                        if preset in available_presets() else {}),
-                                      "overrides": overrides or {}, "device": dev.type,
-                                      "eval_protocol": primary.describe(),
-                                      "own_protocol": evals[1][0].describe() if len(evals) > 1 else None})
-    write_json(path / "env.json", environment(dev))
+    # Every check before the first write: a refused command leaves the folder as it was.
+    lock, ckpt, previous = RunLock(path), None, None
+    if has_run(path):
+        lock.acquire()  # refuses while another process writes this run
+        previous = read_state(path)
+        if not (force or resume):
+            state = f" ({previous['state']})" if previous else ""
+            raise BenchError(f"a run already exists in {path}{state}: pass --resume to continue it, --force to "
+                             "start it over, or choose another --seed/--results")
+        if resume:
+            ckpt = resume_point(path, identity, dev)
+            if previous and previous["state"] == FINISHED and (path / "final.json").is_file():
+                lock.release()
+                print(f"{path} has already finished; nothing to do", file=sys.stderr)
+                return json.loads((path / "final.json").read_text())
+    check_writable(path)
+    task_data = TaskData(cfg, dev, data, progress=progress)
 
+    path.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    clear_temporaries(path)
+    if ckpt is None:
+        clear_run(path)
+        write_json(path / "config.json", {**identity, "algo_settings": (algo_settings(preset, algo)
+                                                                         if preset in available_presets() else {}),
+                                          "overrides": overrides or {}})
+        write_json(path / "env.json", environment(dev))
+    resumed = [*(previous or {}).get("resumed_at", []), ckpt["step"]] if ckpt else []
+    write_state(path, RUNNING, step=ckpt["step"] if ckpt else 0, resumed_at=resumed)
+    try:
+        return _train_and_evaluate(cfg, algo, preset, seed, algorithm, path, dev, task_data, evals, ckpt,
+                                   clock, identity, resumed, progress)
+    except BaseException as e:
+        good = (read_state(path) or {}).get("step", 0)  # the last checkpoint's, which stays
+        write_state(path, FAILED, step=good, resumed_at=resumed, message=_failure(e))
+        raise
+    finally:
+        lock.release()
+
+
+def _train_and_evaluate(cfg: Config, algo: str, preset: str, seed: int, algorithm, path: Path,
+                        dev: torch.device, task_data: TaskData, evals: list, ckpt: dict | None,
+                        clock: CheckpointClock, identity: dict[str, Any], resumed: list[int],
+                        progress: bool) -> dict[str, Any]:
+    """The run itself, from the start or from `ckpt`; writes metrics, checkpoints, final.json."""
+    primary, eval_cfg = evals[0]
     torch.manual_seed(seed)
     model = build_model(cfg).to(dev)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -129,24 +199,62 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
     meta_opt = (torch.optim.SGD if cfg.meta_optimizer == "sgd" else torch.optim.Adam)(
         list(params.values()), lr=cfg.meta_lr)
     inner_state = inner_optimizer(cfg).init(params)
-
     train_sampler = task_data.sampler("train", "train", seed)
     periodic = {s: task_data.sampler(s, "periodic", seed) for s in task_data.splits}
-    metrics = MetricsWriter(path / "metrics.csv")
     train_s = 0.0  # meta-training seconds, periodic evaluation excluded
+    start = 0
+    if ckpt is not None:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(ckpt["params"][k])
+        meta_opt.load_state_dict(ckpt["meta_optimizer"])
+        inner_state = {k: v.to(dev) for k, v in ckpt["inner_state"].items()}
+        set_rng_states(ckpt["rng"], train_sampler, periodic)
+        train_s, start = ckpt["train_seconds"], ckpt["step"]
+    metrics = MetricsWriter(path / "metrics.csv", resume_at=ckpt["metrics_bytes"] if ckpt else None)
     snapshots = snapshot_steps(cfg)
+    # The first meta-iteration whose loss was not finite (0: none yet) and that loss; kept
+    # on the device and read only when the run checks it, so the loop never waits for it.
+    bad_step = torch.zeros((), dtype=torch.long, device=dev)
+    bad_loss = torch.zeros((), device=dev)
+    last_good = start
+
+    def check_finite(done: int) -> None:
+        step_no = int(bad_step)
+        if not step_no and all(bool(torch.isfinite(p).all()) for p in params.values()):
+            return
+        at = (f"the meta-training loss is {float(bad_loss)} at meta-iteration {step_no}" if step_no
+              else f"the weights are not finite after meta-iteration {done}")
+        raise TrainingDiverged(f"training diverged: {at}; the run in {path} is marked failed and keeps its last good "
+                               f"checkpoint (meta-iteration {last_good}); lower meta_lr or inner_lr and start it "
+                               "over with --force")
 
     def snapshot(done: int) -> None:
         if done in snapshots:
+            check_finite(done)
             (path / "snapshots").mkdir(exist_ok=True)
             save_checkpoint(path / "snapshots" / f"step{done}.pt", {
                 "params": params, "inner_state": inner_state, "step": done, "algo": algo, "preset": preset})
 
-    snapshot(0)
-    bar = tqdm(total=cfg.meta_iters, unit="it", disable=not progress, dynamic_ncols=True,
+    def checkpoint(done: int) -> None:
+        nonlocal last_good
+        check_finite(done)
+        metrics.sync()
+        save_checkpoint(path / CHECKPOINT, {
+            "params": params, "inner_state": inner_state, "meta_optimizer": meta_opt.state_dict(),
+            "config": cfg.to_dict(), "algo": algo, "preset": preset, "seed": seed, "step": done,
+            "format": FORMAT, "run": identity, "rng": rng_states(train_sampler, periodic),
+            "train_seconds": train_s, "metrics_bytes": metrics.offset})
+        write_state(path, RUNNING, step=done, resumed_at=resumed)
+        last_good = done
+        clock.reset()
+
+    if start == 0:
+        snapshot(0)
+    bar = tqdm(total=cfg.meta_iters, initial=start, unit="it", disable=not progress, dynamic_ncols=True,
                desc=f"{algo} {preset} seed{seed}", mininterval=1.0)
     try:
-        for it in range(cfg.meta_iters):
+        for it in range(start, cfg.meta_iters):
             t0 = time.perf_counter()
             lr = meta_lr_at(cfg, it)
             for group in meta_opt.param_groups:
@@ -154,12 +262,16 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
             step = meta_iteration(algorithm, algo, loss, params, inner_state, train_sampler, meta_opt, cfg)
             inner_state = step.inner_state
             done = it + 1
+            new_bad = (bad_step == 0) & ~torch.isfinite(step.logs["loss"])
+            bad_step = torch.where(new_bad, done, bad_step)
+            bad_loss = torch.where(new_bad, step.logs["loss"].detach(), bad_loss)
             logged = done % cfg.log_every == 0 or done == cfg.meta_iters
             # Scalars are read only when logged: the one host sync, which also makes the
             # clock include the work queued on a GPU.
             logs = {k: float(v) for k, v in step.logs.items()} if logged else {}
             train_s += time.perf_counter() - t0
             if logged:
+                check_finite(done)
                 for name, value in logs.items():
                     metrics.write(done, train_s, "train", name, value)
                 metrics.write(done, train_s, "train", "meta_lr", lr)
@@ -170,6 +282,8 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
                 for split, sampler in periodic.items():
                     r = evaluate(model, params, inner_state, sampler, eval_cfg, cfg.eval_every_tasks)
                     metrics.write(done, train_s, split, r.metric, r.value)
+            if done == cfg.meta_iters or clock.due(done):
+                checkpoint(done)
 
         t0 = time.perf_counter()
         results_by_protocol = []
@@ -196,8 +310,6 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
     if cfg.task == "sine":  # the Reptile example's figure, for the report
         write_csv(path / "sine_predictions.csv", sine_predictions(
             model, params, inner_state, task_data.sampler("test", "final", seed), eval_cfg))
-    save_checkpoint(path / "checkpoint.pt", {
-        "params": params, "inner_state": inner_state, "meta_optimizer": meta_opt.state_dict(),
-        "config": cfg.to_dict(), "algo": algo, "preset": preset, "seed": seed, "step": cfg.meta_iters})
-    write_json(path / "final.json", final)  # last: its presence marks a finished run
+    write_json(path / "final.json", final)
+    write_state(path, FINISHED, step=cfg.meta_iters, resumed_at=resumed)
     return final

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data.omniglot import augment_rotations, load_omniglot, split_characters
+from .data.omniglot import N_CHARACTERS, N_DRAWINGS, augment_rotations, load_omniglot, split_characters
 from .data.root import data_root
 from .episodes import ClassSampler, SineSampler
+from .errors import ConfigError
 
 STREAMS = {"train": 0, "periodic": 1, "final": 2}
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -38,7 +39,6 @@ class TaskData:
             if len(val):
                 self.pools["val"] = torch.from_numpy(images[val]).to(device)
             self.pools["test"] = torch.from_numpy(images[test]).to(device)
-        self._check_sizes()
 
     @property
     def splits(self) -> list[str]:
@@ -54,12 +54,38 @@ class TaskData:
             return SineSampler(self.device, rng)
         return ClassSampler(self.pools[split], self.cfg.ways, rng)
 
-    def _check_sizes(self) -> None:
-        # Draw one tiny episode of each shape the run will use, so a shots or ways
-        # setting the data cannot satisfy fails before anything is written.
-        cfg = self.cfg
-        for split in dict.fromkeys(["train", *self.splits]):
-            s = self.sampler(split, "final", seed=0)
-            if split == "train":
-                s.sample(1, cfg.train_shots, cfg.query_shots if cfg.tail == "separate" else 0, 1, 1)
-            s.sample(1, cfg.shots, cfg.eval_queries, 1, 1)
+
+def pool_sizes(cfg: Config) -> dict[str, tuple[int, int]]:
+    """split -> (classes, examples per class) of the task's data, known without loading it
+    (the loaders refuse data of any other size)."""
+    if cfg.task == "sine":
+        return {split: (1, SineSampler.GRID) for split in ("train", "test")}
+    train, val, test = split_characters(N_CHARACTERS, val=cfg.val_chars)
+    sizes = {"train": (4 * len(train), N_DRAWINGS), "test": (len(test), N_DRAWINGS)}
+    if len(val):
+        sizes["val"] = (len(val), N_DRAWINGS)
+    return sizes
+
+
+def check_sizes(cfg: Config) -> None:
+    """Refuse, before any data is read or any file written, ways or shots the data cannot
+    supply: ways beyond a split's classes, or support plus query examples beyond the
+    examples per class (PAPERS.md section 4: both drawn without replacement)."""
+    train_query = cfg.query_shots if cfg.tail == "separate" else 0
+    for split, (classes, per_class) in pool_sizes(cfg).items():
+        if cfg.task == "sine":
+            for name, n in (("shots", cfg.shots), ("train_shots", cfg.train_shots)):
+                if n > per_class:
+                    raise ConfigError(f"{name}={n} exceeds the {per_class} grid points of a sine task: "
+                                      f"lower --set {name}")
+            continue
+        if cfg.ways > classes:
+            raise ConfigError(f"ways={cfg.ways} but the {split} split has only {classes} classes: "
+                              "lower --set ways")
+        needs = [("shots", cfg.shots, cfg.eval_queries, "eval_queries")]
+        if split == "train":
+            needs.append(("train_shots", cfg.train_shots, train_query, "query_shots"))
+        for name, shots, queries, qname in needs:
+            if shots + queries > per_class:
+                raise ConfigError(f"{name}={shots} plus {qname}={queries} exceed the {per_class} examples per "
+                                  f"class of the {split} split: lower --set {name} or --set {qname}")

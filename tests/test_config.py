@@ -33,8 +33,8 @@ def test_overrides_are_typed():
 
 @pytest.mark.parametrize("item,message", [
     ("meta_iters", "--set expects key=value"),
-    ("ways=2.5", "must be a int"),
-    ("transductive=maybe", "must be a bool"),
+    ("ways=2.5", "must be an integer"),
+    ("transductive=maybe", "must be true or false"),
     ("eval_tasks=-1", "greater than 0"),
     ("inner_beta1=1", "must be in [0, 1)"),
     ("metaiters=5", "did you mean 'meta_iters'"),

@@ -137,8 +137,21 @@ def test_broken_runs_are_skipped_with_the_reason(tmp_path: Path):
     results = make_results(tmp_path / "results", full=False)
     (results / "omniglot-5w1s" / "maml" / "seed1" / "final.json").unlink()
     (results / "omniglot-5w1s" / "reptile" / "seed1" / "metrics.csv").write_bytes(b"\x00\xff garbage\n1,2\n")
+    # The state marker is read first: a failed or unfinished run is skipped, whatever files it has.
+    for seed in (0, 1):
+        write_run(results, "omniglot-5w1s", "fomaml", seed, level=0.6)
+    (results / "omniglot-5w1s" / "fomaml" / "seed0" / "state.json").write_text(json.dumps(
+        {"state": "failed", "step": 200, "message": "training diverged: the loss is nan"}))
+    (results / "omniglot-5w1s" / "fomaml" / "seed1" / "state.json").write_text(json.dumps(
+        {"state": "running", "step": 100}))
+    (results / "omniglot-5w1s" / "reptile" / "seed0" / "state.json").write_text(json.dumps(
+        {"state": "finished", "step": 300}))
     text = build_report(results, tmp_path / "out", progress=False).read_text()
     skipped = text.split("## Skipped runs")[1]
+    assert "omniglot-5w1s/fomaml/seed0" in skipped and "failed (last checkpoint: meta-iteration 200)" in skipped
+    assert "training diverged: the loss is nan" in skipped
+    assert "omniglot-5w1s/fomaml/seed1" in skipped and "still running, or killed" in skipped
+    assert "omniglot-5w1s/reptile/seed0" not in skipped
     assert "omniglot-5w1s/maml/seed1" in skipped and "missing final.json" in skipped
     assert "omniglot-5w1s/reptile/seed1" in skipped and "metrics.csv" in skipped
     assert (tmp_path / "out" / "figures" / "omniglot-5w1s-curves.png").exists()

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import random
+import re
 import tempfile
 import warnings
 import zipfile
@@ -44,8 +45,8 @@ OMNIGLOT_ARCHIVES: dict[str, tuple[str, str]] = {
 # What each set must hold: (alphabets, characters); every character has 20 drawings.
 _EXPECTED = {"images_background": (30, 964), "images_evaluation": (20, 659)}
 _N_ALPHABETS = 50  # 30 + 20
-_N_CHARACTERS = 1623  # 964 + 659
-_N_DRAWINGS = 20
+N_CHARACTERS = 1623  # 964 + 659
+N_DRAWINGS = 20
 _SOURCE_SIZE = (105, 105)
 IMAGE_SIZE = 28
 # Part of the cache key: change the version whenever the preprocessing changes.
@@ -150,21 +151,33 @@ def _fetch(name: str, folder: Path, progress: bool) -> None:
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not is_writable_dir(existing):
         raise _missing(folder, f"cannot download Omniglot into {existing}: it is not writable")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _download(url, md5, folder, f"{name}.zip", progress)
-    except ValueError as exc:  # pooch's checksum mismatch
-        problem = f"the download of {url} is corrupt (MD5 is not {md5}), run again to retry"
-        raise _missing(folder, problem) from exc
-    except OSError as exc:  # includes every requests error
-        raise _missing(folder, f"could not download {url} ({_one_line(exc)})") from exc
+    except BaseException as exc:
+        for path in created:  # a failed download leaves no folder behind (pooch removes its own file)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        if isinstance(exc, ValueError):  # pooch's checksum mismatch
+            problem = f"the download of {url} is corrupt (MD5 is not {md5}), run again to retry"
+            raise _missing(folder, problem) from exc
+        if isinstance(exc, OSError):  # includes every requests error
+            raise _missing(folder, f"could not download {url} ({_one_line(exc)})") from exc
+        raise
 
 
 def _download(url: str, md5: str, folder: Path, fname: str, progress: bool) -> None:
     """The only network access: fetch `url` to folder/fname, checking its MD5."""
     import pooch  # only needed to download; keeps importing this module cheap
 
-    pooch.retrieve(url, known_hash=f"md5:{md5}", path=folder, fname=fname, progressbar=progress)
+    logger = pooch.get_logger()  # its "Downloading ..." line: the progress bar says as much
+    level = logger.level
+    logger.setLevel("WARNING")
+    try:
+        pooch.retrieve(url, known_hash=f"md5:{md5}", path=folder, fname=fname, progressbar=progress)
+    finally:
+        logger.setLevel(level)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -189,12 +202,13 @@ def _fingerprint(source: Path) -> str:
 def _load_cache(path: Path) -> OmniglotImages | None:
     """The cached data, or None when the file is absent or unusable (it is then rebuilt)."""
     try:
-        with np.load(path, allow_pickle=False) as f:
+        # Opened here, not by np.load, which leaves the file open when the zip is corrupt.
+        with open(path, "rb") as raw, np.load(raw, allow_pickle=False) as f:
             images, characters = f["images"], f["characters"]
     except Exception:  # a missing, partial or foreign file is just a cache miss
         return None
-    shape = (_N_CHARACTERS, _N_DRAWINGS, IMAGE_SIZE, IMAGE_SIZE)
-    if images.dtype != np.uint8 or images.shape != shape or characters.shape != (_N_CHARACTERS,):
+    shape = (N_CHARACTERS, N_DRAWINGS, IMAGE_SIZE, IMAGE_SIZE)
+    if images.dtype != np.uint8 or images.shape != shape or characters.shape != (N_CHARACTERS,):
         return None
     return OmniglotImages(images, tuple(characters.tolist()))
 
@@ -247,6 +261,13 @@ def _group_characters(name: str, members: list[str]) -> dict[tuple[str, str], li
     return {key: sorted(files) for key, files in sorted(groups.items())}
 
 
+def _escapes(member: str) -> bool:
+    """True for an archive entry whose path would land outside the folder it is
+    extracted into: absolute, with a drive letter, or climbing out with '..'."""
+    path = member.replace("\\", "/")
+    return path.startswith("/") or re.match(r"[A-Za-z]:", path) is not None or ".." in path.split("/")
+
+
 def _preprocess(png: bytes) -> np.ndarray:
     """The reference's ``np.array(Image.open(f).resize((28, 28)))``: Pillow resamples a
     1-bit image with nearest neighbour whatever the filter, giving bool, True = background."""
@@ -264,6 +285,9 @@ def _decode_source(source: Path, bar: tqdm) -> dict[tuple[str, str], np.ndarray]
     member = ""
     try:
         with _open_source(source) as (members, read):
+            if escaping := next((m for m in members if _escapes(m)), None):
+                raise DataError(f"{source} holds an entry {escaping!r} that points outside the data folder: "
+                                f"refused before anything is read or extracted; {fix}")
             groups = _group_characters(name, members)
             n_alphabets, n_characters = _EXPECTED[name]
             found = len({alphabet for alphabet, _ in groups})
@@ -273,14 +297,14 @@ def _decode_source(source: Path, bar: tqdm) -> dict[tuple[str, str], np.ndarray]
                     f"{n_alphabets} and {n_characters}; {fix}"
                 )
             for (alphabet, character), files in groups.items():
-                if len(files) != _N_DRAWINGS:
+                if len(files) != N_DRAWINGS:
                     raise DataError(
                         f"{source}: {alphabet}/{character} has {len(files)} drawings, expected "
-                        f"{_N_DRAWINGS}; {fix}"
+                        f"{N_DRAWINGS}; {fix}"
                     )
             decoded = {}
             for key, files in groups.items():
-                block = np.empty((_N_DRAWINGS, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+                block = np.empty((N_DRAWINGS, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
                 for i, member in enumerate(files):
                     block[i] = _preprocess(read(member))
                     bar.update()
@@ -294,7 +318,7 @@ def _decode_source(source: Path, bar: tqdm) -> dict[tuple[str, str], np.ndarray]
 def _decode(sources: list[Path], progress: bool) -> OmniglotImages:
     """Decode both sets and pool them in the reference order: alphabets of both sets
     sorted by name, then characters by name (PAPERS.md section 4)."""
-    total = _N_CHARACTERS * _N_DRAWINGS
+    total = N_CHARACTERS * N_DRAWINGS
     with tqdm(total=total, desc="decoding Omniglot", unit="img", disable=not progress) as bar:
         pooled = {}
         for source in sources:
