@@ -1,4 +1,4 @@
-"""Command line: `python -m bench run|presets|report|variance|speed|memory ...`."""
+"""Command line: `python -m bench run|sweep|reproduce|presets|report|variance|speed|memory ...`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from . import memory, report, speed, variance
+from . import memory, report, reproduce, speed, sweep, variance
 from .config import available_presets, load_config, parse_overrides, preset_values
 from .errors import BenchError
 
@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the presets and their key settings")
     memory.add_parser(sub)
     report.add_parser(sub)
+    reproduce.add_parser(sub)
     speed.add_parser(sub)
+    sweep.add_parser(sub)
     variance.add_parser(sub)
     return p
 
@@ -87,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             return memory.main_memory(args)
         if args.command == "report":
             return report.main_report(args)
+        if args.command == "sweep":
+            return sweep.main_sweep(args)
+        if args.command == "reproduce":
+            return reproduce.main_reproduce(args)
         if args.command == "speed":
             return speed.main_speed(args)
         if args.command == "variance":

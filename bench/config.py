@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-TASKS = ("omniglot", "sine")
+TASKS = ("omniglot", "miniimagenet", "sine")
 OPTIMIZERS = ("sgd", "adam")
 INNER_STATES = ("carry", "reset")
 TAILS = ("shared", "separate")
@@ -37,7 +37,7 @@ class Config:
 
     # --- the task -------------------------------------------------------------
     task: str
-    """Data set: "omniglot" or "sine"."""
+    """Data set: "omniglot", "miniimagenet" or "sine"."""
     ways: int
     """Classes per episode (N). Ignored by the sine task."""
     shots: int
@@ -47,7 +47,8 @@ class Config:
     for the sine task, the points of one training task."""
     val_chars: int
     """Omniglot characters carved from the end of the 1,200 meta-training characters as a
-    validation split for model selection (0: the paper's protocol, no validation split)."""
+    validation split for model selection (0: the paper's protocol, no validation split).
+    Omniglot only: Mini-ImageNet has its own 16-class validation split, and this must be 0."""
     activation: str
     """Hidden activation of the sine MLP: "tanh" (the public example) or "relu" (the paper)."""
 
@@ -229,6 +230,9 @@ def validate(cfg: Config) -> Config:
     if not all(t.strip().isdigit() and int(t) >= 1 for t in terms) or len(set(map(int, terms))) != len(terms):
         raise ConfigError(f"setting 'meta_grads' is {cfg.meta_grads!r}: name distinct inner steps (from 1) "
                           "joined by '+', e.g. --set meta_grads=1+2")
+    if cfg.task == "miniimagenet" and cfg.val_chars != 0:
+        raise ConfigError(f"setting 'val_chars' is {cfg.val_chars}, but it carves Omniglot characters only "
+                          "(Mini-ImageNet has its own 16-class val split): --set val_chars=0")
     if cfg.task == "sine" and cfg.eval_queries != 50:
         raise ConfigError("setting 'eval_queries' must be 50 for the sine task (the 50 grid points)")
     return cfg

@@ -92,17 +92,24 @@ class ClassSampler:
 
     images: (classes, drawings, *x_shape) on the run's device (uint8 or float); the
     examples are returned as float32 with a channel axis when the pool has none.
+    scale: None returns the pool's values as floats (Omniglot's 0/1 pixels); else the
+    gathered examples, and only they, are multiplied by it (Mini-ImageNet's uint8 pool
+    stays uint8 on the device, a quarter of a float copy, and 1/255 maps it to [0, 1]).
     Classes are drawn without replacement, and per class the support and query
     examples without replacement (PAPERS.md section 4). Labels 0..N-1 are assigned to
     the drawn classes in random order, so no class keeps a label across episodes.
     """
 
-    def __init__(self, images: Tensor, ways: int, rng: np.random.Generator):
+    def __init__(self, images: Tensor, ways: int, rng: np.random.Generator, scale: float | None = None):
         self.images, self.ways, self.rng = images, ways, rng
         classes, drawings = images.shape[:2]
         if ways > classes:
             raise ConfigError(f"ways={ways} but the split has only {classes} classes: lower --set ways")
         self.drawings = drawings
+        # Applied as a division by 1/scale (255.0 exactly for 1/255): float32 x / 255 is what
+        # the reference computes (`astype('float32') / 0xff`), while x * float32(1/255)
+        # differs from it in the last bit for 126 of the 256 pixel values.
+        self.divisor = None if scale is None else 1 / scale
 
     def sample(self, tasks: int, shots: int, queries: int, steps: int, batch: int) -> Episode:
         if shots + queries > self.drawings:
@@ -120,6 +127,8 @@ class ClassSampler:
         dev = self.images.device
         cls = torch.from_numpy(classes).to(dev)[:, :, None]
         x = self.images[cls, torch.from_numpy(draws).to(dev)].float()  # (T, ways, shots+queries, ...)
+        if self.divisor is not None:
+            x = x / self.divisor
         if x.dim() == 5:  # (T, ways, k, H, W): add the channel axis
             x = x.unsqueeze(3)
         y = torch.arange(self.ways, device=dev).view(1, -1, 1).expand(tasks, -1, shots + queries)

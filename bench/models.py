@@ -82,6 +82,8 @@ def build_model(cfg: Config) -> nn.Module:
     """The network for cfg.task. Initialise the global torch seed first for reproducibility."""
     if cfg.task == "omniglot":
         return OmniglotCNN(cfg.ways)
+    if cfg.task == "miniimagenet":
+        return MiniImageNetCNN(cfg.ways)
     return SineMLP(cfg.activation)
 
 

@@ -48,8 +48,9 @@ def _rows(source: str, dataset: str, settings: tuple[str, ...], rows: dict[str, 
             for method, cells in rows.items() for setting, cell in zip(settings, cells)]
 
 
-# PAPERS.md section 2, Reptile paper Table 1 (Mini-ImageNet 5-way). No preset runs
-# Mini-ImageNet yet; kept so the data is complete.
+# PAPERS.md section 2, Reptile paper Table 1 (Mini-ImageNet 5-way): the rows of the
+# miniimagenet-5w1s and -5w5s presets (the "+ transduction" rows with --set
+# transductive=true); the MAML rows' own settings are miniimagenet-5w1s-maml and -5w5s-maml.
 _TABLE1 = _rows(REPTILE_T1, "miniimagenet", ("5w1s", "5w5s"), {
     "MAML + transduction": ((48.70, 1.84), (63.11, 0.92)),
     "FOMAML + transduction": ((48.07, 1.75), (63.15, 0.91)),
@@ -111,6 +112,12 @@ FULL_SCALE: dict[str, FullScale] = {
     **{f"omniglot-{s}-maml": FullScale(60_000, 10_000, "MAML paper: 60,000 meta-iterations (PAPERS.md section 3); "
                                                         "10,000 test tasks as the preset pins")
        for s in ("5w1s", "5w5s", "20w1s", "20w5s")},
+    # PAPERS.md section 3: Mini-ImageNet 5-way, 100,000 meta-iterations (Reptile), 60,000 (MAML).
+    **{f"miniimagenet-{s}": FullScale(100_000, 10_000, "Reptile paper appendix (PAPERS.md section 3), "
+                                                       "10,000 test tasks") for s in ("5w1s", "5w5s")},
+    **{f"miniimagenet-{s}-maml": FullScale(60_000, 10_000, "MAML paper: 60,000 meta-iterations (PAPERS.md "
+                                                           "section 3); 10,000 test tasks as the preset pins")
+       for s in ("5w1s", "5w5s")},
     # PAPERS.md section 5: 40,000 meta-iterations; test tasks as the Reptile paper's Omniglot protocol.
     "omniglot-gradsum": FullScale(40_000, 10_000, "Reptile paper section 6.2 (PAPERS.md section 5); "
                                                  "10,000 test tasks as the preset pins"),
@@ -123,7 +130,9 @@ FULL_SCALE: dict[str, FullScale] = {
 # The Omniglot presets of Reptile paper Table 2: preset -> (dataset, setting); and the
 # same rows with the MAML paper's settings.
 _TABLE2_PRESETS = {f"omniglot-{s}": ("omniglot", s) for s in ("5w1s", "5w5s", "20w1s", "20w5s")}
-_MAML_PRESETS = {f"omniglot-{s}-maml": ("omniglot", s) for s in ("5w1s", "5w5s", "20w1s", "20w5s")}
+_MAML_PRESETS = {**{f"omniglot-{s}-maml": ("omniglot", s) for s in ("5w1s", "5w5s", "20w1s", "20w5s")},
+                 **{f"miniimagenet-{s}-maml": ("miniimagenet", s) for s in ("5w1s", "5w5s")}}
+_TABLE1_PRESETS = {f"miniimagenet-{s}": ("miniimagenet", s) for s in ("5w1s", "5w5s")}
 
 
 def full_scale(preset: str) -> FullScale | None:
@@ -135,7 +144,7 @@ def full_scale(preset: str) -> FullScale | None:
     return None
 
 
-def _find(source: str, dataset: str, setting: str, method: str) -> Published | None:
+def find(source: str, dataset: str, setting: str, method: str) -> Published | None:
     return next((p for p in PUBLISHED if (p.source, p.dataset, p.setting, p.method)
                  == (source, dataset, setting, method)), None)
 
@@ -146,20 +155,20 @@ def lookup(preset: str, algo: str, transductive: bool = False) -> Published | No
     Table 2 has no non-transductive MAML or FOMAML rows, so those runs are compared with
     the "+ transduction" rows (the label says so); Reptile picks its row by `transductive`.
     """
-    if preset in _TABLE2_PRESETS:
-        dataset, setting = _TABLE2_PRESETS[preset]
-        method = {"reptile": "Reptile + transduction" if transductive else "Reptile",
-                  "maml": "MAML + transduction", "fomaml": "FOMAML + transduction"}.get(algo)
-        return _find(REPTILE_T2, dataset, setting, method) if method else None
+    for presets, source in ((_TABLE2_PRESETS, REPTILE_T2), (_TABLE1_PRESETS, REPTILE_T1)):
+        if preset in presets:
+            method = {"reptile": "Reptile + transduction" if transductive else "Reptile",
+                      "maml": "MAML + transduction", "fomaml": "FOMAML + transduction"}.get(algo)
+            return find(source, *presets[preset], method) if method else None
     if preset in _MAML_PRESETS and algo == "maml":
-        return _find(MAML_PAPER, *_MAML_PRESETS[preset], "MAML")
+        return find(MAML_PAPER, *_MAML_PRESETS[preset], "MAML")
     return None
 
 
 def other_reports(preset: str, algo: str) -> list[Published]:
     """Further numbers for the same setting and algorithm from other sources (MAML paper,
     learn2learn), shown beside the main one: they disagree, which is the point."""
-    setting = _TABLE2_PRESETS.get(preset) or _MAML_PRESETS.get(preset)
+    setting = _TABLE2_PRESETS.get(preset) or _TABLE1_PRESETS.get(preset) or _MAML_PRESETS.get(preset)
     if setting is None:
         return []
     main = lookup(preset, algo)
@@ -182,4 +191,54 @@ def no_number_note(preset: str, algo: str) -> str:
         return f"{algo} on the MAML preset: the MAML paper prints no number for it"
     if preset in _TABLE2_PRESETS:
         return f"{algo}: no row in the Reptile paper's Table 2"
+    if preset in _TABLE1_PRESETS:
+        return f"{algo}: no row in the Reptile paper's Table 1"
     return f"{preset}: no published table for this preset"
+
+
+# --- the paper's tables as runs (`python -m bench reproduce`, the report's "Paper tables") ---
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One printed row of a paper table and the runs that reproduce it."""
+
+    method: str
+    """The row label as printed."""
+    algo: str
+    maml_settings: bool
+    """Run with the MAML paper's settings (the `-maml` preset), where the table's number comes from."""
+    transductive: bool
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    source: str
+    dataset: str
+    settings: tuple[str, ...]
+    """The columns: ways and shots."""
+
+    def preset(self, setting: str, row: TableRow) -> str:
+        return f"{self.dataset}-{setting}" + ("-maml" if row.maml_settings else "")
+
+
+TABLE_ROWS = (
+    TableRow("MAML + transduction", "maml", True, True),
+    TableRow("FOMAML + transduction", "fomaml", True, True),
+    TableRow("Reptile", "reptile", False, False),
+    TableRow("Reptile + transduction", "reptile", False, True),
+)
+"""The rows of Reptile paper Tables 1 and 2 (PAPERS.md section 2). The MAML and FOMAML
+numbers there are the MAML paper's, so they are reproduced with its settings; the
+Reptile rows with the Reptile paper's, scored without and with transduction."""
+
+PAPER_TABLES = {
+    "omniglot": PaperTable(REPTILE_T2, "omniglot", ("5w1s", "5w5s", "20w1s", "20w5s")),
+    "miniimagenet": PaperTable(REPTILE_T1, "miniimagenet", ("5w1s", "5w5s")),
+}
+
+
+def table_runs(table: str) -> list[tuple[str, str, str, bool]]:
+    """Every (row label, preset, algo, transductive) of a paper table, column by column."""
+    t = PAPER_TABLES[table]
+    return [(row.method, t.preset(s, row), row.algo, row.transductive) for s in t.settings for row in TABLE_ROWS]

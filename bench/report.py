@@ -33,8 +33,8 @@ __all__ = ["ReportError", "build_report", "add_parser", "main_report"]
 
 GRADSUM_PREFIX = "omniglot-gradsum"
 PRESET_ORDER = ("omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s", "omniglot-5w1s-maml",
-                "omniglot-5w5s-maml", "omniglot-20w1s-maml", "omniglot-20w5s-maml",
-                "omniglot-gradsum", "sine")
+                "omniglot-5w5s-maml", "omniglot-20w1s-maml", "omniglot-20w5s-maml", "miniimagenet-5w1s",
+                "miniimagenet-5w5s", "miniimagenet-5w1s-maml", "miniimagenet-5w5s-maml", "omniglot-gradsum", "sine")
 """Sections in the README's order (Table 2's columns first); other presets follow by name."""
 TIMESTAMP_PREFIX = "Generated "
 """The one line that changes between two reports from the same results."""
@@ -252,6 +252,37 @@ def _preset_section(preset: str, runs: list[Run], fin: pd.DataFrame, out_dir: Pa
 # --- cross-preset sections ---------------------------------------------------------------
 
 
+def _paper_tables_section(fin: pd.DataFrame) -> list[str]:
+    """Reptile paper Tables 1 and 2 filled from the runs (`python -m bench reproduce`):
+    per row and column, the mean over seeds beside the printed number."""
+    lines = ["## Paper tables", ""]
+    for name, table in published.PAPER_TABLES.items():
+        cells, any_run = {}, False
+        for method, preset, algo, transductive in published.table_runs(name):
+            setting = preset.split("-")[1]
+            runs = fin[(fin["preset"] == preset) & (fin["algo"] == algo) & (fin["transductive"] == transductive)]
+            paper = published.find(table.source, table.dataset, setting, method)
+            ours = "—"
+            if len(runs):
+                any_run = True
+                n = len(runs)
+                spread = f" ± {fmt(runs['value'].std(), 'accuracy')}" if n > 1 else ""
+                scale = reduced_mark(preset, int(runs["meta_iters"].min()), int(runs["eval_tasks"].min()))
+                ours = (f"{fmt(runs['value'].mean(), 'accuracy')}{spread} ({n} seed{'s' if n != 1 else ''}"
+                        f"{', **reduced**' if scale != 'full' else ''})")
+            cells[method, setting] = f"{ours} / {paper.text() if paper else '—'}"
+        if not any_run:
+            lines += [f"{table.source}: no runs yet (`python -m bench reproduce --table {name}`).", ""]
+            continue
+        header = ["method", *[f"{table.dataset} {s}" for s in table.settings]]
+        rows = [[row.method, *[cells[row.method, s] for s in table.settings]] for row in published.TABLE_ROWS]
+        lines += [f"**{table.source}** (`python -m bench reproduce --table {name}`). Each cell: this suite's "
+                  "accuracy (%), mean ± std over seeds, then the published number as printed; **reduced**: fewer "
+                  "meta-iterations or test tasks than the paper (the preset's section gives the scale).", "",
+                  md_table(header, rows), ""]
+    return lines
+
+
 def _gradsum_section(runs: list[Run], fin: pd.DataFrame, out_dir: Path, progress: bool) -> list[str]:
     """PAPERS.md section 5 (Reptile paper section 6.2): curves per meta-gradient combination."""
     head = ["## Gradient combinations (Reptile paper section 6.2)", ""]
@@ -436,10 +467,11 @@ def build_report(results_dir, out_dir, *, progress: bool = True) -> Path:
              "**reduced** and are not reproductions of the published numbers.", "",
              "## Contents", "",
              *[f"- [{p}](#{p.lower()})" for p in by_preset],
-             "- Gradient combinations, meta-gradient variance, sine-wave predictions, settings, "
+             "- Paper tables, gradient combinations, meta-gradient variance, sine-wave predictions, settings, "
              "environment, skipped runs", ""]
     for preset, runs_p in by_preset.items():
         lines += _preset_section(preset, runs_p, fin[fin["preset"] == preset], out_dir, progress)
+    lines += _paper_tables_section(fin)
     lines += _gradsum_section(runs, fin, out_dir, progress)
     lines += _variance_section(by_preset, out_dir, progress, fin)
     lines += _sine_section(by_preset, out_dir, progress, fin)

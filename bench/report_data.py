@@ -95,24 +95,27 @@ def grad_terms(config: dict[str, Any]) -> tuple[int, ...]:
 
 
 def method_label(algo: str, config: dict[str, Any]) -> str:
-    """The name a method goes by in figures and tables.
+    """The name a method goes by in figures and tables; " + transduction" when its test
+    queries were classified in one batch (`transductive`), as the paper's rows say.
 
     A gradsum run is one method per combination of inner-step gradients (Reptile paper
     section 6.2, PAPERS.md section 5), written as the paper does: g1+g2, or mean(g1+g2)
     for the sum divided by its number of terms.
     """
+    suffix = " + transduction" if config.get("transductive") else ""  # as the paper's rows say
     if algo != "gradsum":
-        return algo
+        return algo + suffix
     terms = grad_terms(config)
     text = "+".join(f"g{t}" for t in terms) if terms else f"g[{config.get('meta_grads')}]"
-    return f"mean({text})" if config.get("meta_grads_mean") and len(terms) > 1 else text
+    return (f"mean({text})" if config.get("meta_grads_mean") and len(terms) > 1 else text) + suffix
 
 
 def method_sort_key(algo: str, config: dict[str, Any]) -> tuple:
     """Reptile first, then FOMAML, MAML, joint, the gradient sums by their terms, others by name."""
     rank = ALGO_ORDER.index(algo) if algo in ALGO_ORDER else len(ALGO_ORDER)
     terms = grad_terms(config) if algo == "gradsum" else ()
-    return rank, algo, len(terms), terms, bool(config.get("meta_grads_mean")) if algo == "gradsum" else False
+    return (rank, algo, len(terms), terms, bool(config.get("meta_grads_mean")) if algo == "gradsum" else False,
+            bool(config.get("transductive")))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

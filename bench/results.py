@@ -47,13 +47,24 @@ RUN_FILES = ("config.json", "env.json", "metrics.csv", "final.json", CHECKPOINT,
 RUNNING, FINISHED, FAILED = "running", "finished", "failed"
 
 
-def method_name(algo: str, meta_grads: str = "", mean: bool = False) -> str:
-    """The run folder's method part: the algorithm, and for the gradient sums which
-    ones (`gradsum-1+2`, `gradsum-mean-1+2`), so the combinations of one preset do not
-    overwrite each other."""
-    if algo != "gradsum":
-        return algo
-    return f"gradsum-{'mean-' if mean else ''}{meta_grads}"
+def method_name(algo: str, meta_grads: str = "", mean: bool = False, transductive: bool | None = None) -> str:
+    """The run folder's method part: the algorithm, for the gradient sums which ones
+    (`gradsum-1+2`, `gradsum-mean-1+2`), and `-transductive` (`-nontransductive`) when
+    the run's scoring differs from its preset's, so the variants of one preset (the
+    paper's "Reptile" and "Reptile + transduction" rows) do not overwrite each other."""
+    name = algo if algo != "gradsum" else f"gradsum-{'mean-' if mean else ''}{meta_grads}"
+    if transductive is None:
+        return name
+    return f"{name}-{'' if transductive else 'non'}transductive"
+
+
+def run_method(algo: str, cfg, preset: str) -> str:
+    """`method_name` for a run of `algo` with the resolved settings `cfg` from `preset`."""
+    from .config import available_presets, preset_values
+
+    default = preset_values(preset).get("transductive") if preset in available_presets() else None
+    variant = cfg.transductive if default is not None and cfg.transductive != default else None
+    return method_name(algo, cfg.meta_grads, cfg.meta_grads_mean, variant)
 
 
 def run_dir(results: Path, preset: str, method: str, seed: int) -> Path:

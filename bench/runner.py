@@ -30,7 +30,7 @@ from .evaluate import evaluate, sine_predictions
 from .models import build_model, task_loss
 from .protocols import eval_config, protocols
 from .results import (FAILED, FINISHED, RUNNING, CHECKPOINT, MetricsWriter, RunLock, check_writable, clear_run,
-                      clear_temporaries, environment, has_run, method_name, read_state, run_dir,
+                      clear_temporaries, environment, has_run, read_state, run_dir, run_method,
                       save_checkpoint, write_csv, write_json, write_state)
 from .tasks import TaskData, check_sizes
 
@@ -143,7 +143,7 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
     primary, eval_cfg = evals[0]
     dev = resolve_device(device)
     clock = CheckpointClock(checkpoint_every)
-    path = run_dir(Path(results), preset, method_name(algo, cfg.meta_grads, cfg.meta_grads_mean), seed)
+    path = run_dir(Path(results), preset, run_method(algo, cfg, preset), seed)
     identity = run_identity(cfg, algo=algo, preset=preset, seed=seed, device=dev, evals=evals)
 
     # Every check before the first write: a refused command leaves the folder as it was.

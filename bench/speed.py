@@ -26,6 +26,7 @@ def _setup(preset: str, algo: str, batched: bool, device):
     from algorithms import ALGORITHMS, inner_optimizer
 
     from .config import load_config
+    from .data.miniimagenet import SCALE
     from .episodes import ClassSampler, SineSampler
     from .models import build_model, task_loss
     from .runner import check_algorithm_settings, meta_iteration
@@ -35,6 +36,9 @@ def _setup(preset: str, algo: str, batched: bool, device):
     rng = np.random.default_rng(0)
     if cfg.task == "sine":
         sampler = SineSampler(device, rng)
+    elif cfg.task == "miniimagenet":  # random pixels of the real shape, scaled as the real data
+        pool = torch.randint(0, 256, (max(cfg.ways, 64), 40, 3, 84, 84), dtype=torch.uint8, device=device)
+        sampler = ClassSampler(pool, cfg.ways, rng, scale=SCALE)
     else:
         pool = torch.randint(0, 2, (max(cfg.ways, 64), 20, 28, 28), dtype=torch.uint8, device=device)
         sampler = ClassSampler(pool, cfg.ways, rng)

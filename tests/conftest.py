@@ -28,3 +28,13 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(torch.float32)
+
+
+@pytest.fixture(scope="module")
+def user_cache(tmp_path_factory):
+    """BENCH_CACHE for one test module (the data loaders' caches stay out of the real one);
+    a test may point it elsewhere with monkeypatch."""
+    path = tmp_path_factory.mktemp("user_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENCH_CACHE", str(path))
+        yield path

@@ -35,13 +35,7 @@ def _real_root() -> Path:
     return Path(os.environ.get("BENCH_DATA") or Path(__file__).resolve().parents[2] / "shared/data")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def user_cache(tmp_path_factory):
-    """BENCH_CACHE for this module; a test may point it elsewhere with monkeypatch."""
-    path = tmp_path_factory.mktemp("user_cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BENCH_CACHE", str(path))
-        yield path
+pytestmark = pytest.mark.usefixtures("user_cache")  # conftest: a user cache of the module's own
 
 
 @pytest.fixture(scope="module")

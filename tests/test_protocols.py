@@ -25,6 +25,19 @@ def test_maml_and_fomaml_own_protocol_is_the_maml_papers():
     assert twenty.settings["eval_queries"] == 5  # K query examples per class
 
 
+def test_own_protocols_on_miniimagenet():
+    # MAML paper: alpha 0.01, 10 SGD steps at test on the whole support set, K queries per class
+    for shots in (1, 5):
+        e = eval_config(load_config(f"miniimagenet-5w{shots}s"), own("maml", load_config(f"miniimagenet-5w{shots}s")))
+        assert (e.inner_optimizer, e.inner_lr, e.eval_steps, e.eval_batch, e.eval_queries, e.transductive) == (
+            "sgd", 0.01, 10, 5 * shots, shots, True)
+        assert e.inner_state == "reset"
+    # Reptile on the MAML preset: the Reptile preset's evaluation (eval batch 15 for 5-shot)
+    maml_preset = load_config("miniimagenet-5w5s-maml")
+    e = eval_config(maml_preset, own("reptile", maml_preset))
+    assert (e.inner_optimizer, e.inner_lr, e.eval_steps, e.eval_batch, e.transductive) == ("adam", 0.001, 50, 15, False)
+
+
 def test_reptile_own_protocol_is_the_reptile_presets_evaluation():
     maml_preset = load_config("omniglot-5w1s-maml")  # SGD alpha 0.4, 3 test steps, transductive
     e = eval_config(maml_preset, own("reptile", maml_preset))

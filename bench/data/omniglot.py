@@ -17,8 +17,6 @@ import json
 import os
 import random
 import re
-import tempfile
-import warnings
 import zipfile
 import zlib
 from collections import defaultdict
@@ -30,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from bench.data.root import cache_dir, is_writable_dir
+from bench.data.root import cache_dir, is_writable_dir, load_arrays, save_arrays
 from bench.errors import ConfigError, DataError
 
 _RELEASE = "https://github.com/brendenlake/omniglot/raw/master/python"
@@ -201,12 +199,10 @@ def _fingerprint(source: Path) -> str:
 
 def _load_cache(path: Path) -> OmniglotImages | None:
     """The cached data, or None when the file is absent or unusable (it is then rebuilt)."""
-    try:
-        # Opened here, not by np.load, which leaves the file open when the zip is corrupt.
-        with open(path, "rb") as raw, np.load(raw, allow_pickle=False) as f:
-            images, characters = f["images"], f["characters"]
-    except Exception:  # a missing, partial or foreign file is just a cache miss
+    arrays = load_arrays(path, ("images", "characters"))
+    if arrays is None:
         return None
+    images, characters = arrays["images"], arrays["characters"]
     shape = (N_CHARACTERS, N_DRAWINGS, IMAGE_SIZE, IMAGE_SIZE)
     if images.dtype != np.uint8 or images.shape != shape or characters.shape != (N_CHARACTERS,):
         return None
@@ -214,21 +210,8 @@ def _load_cache(path: Path) -> OmniglotImages | None:
 
 
 def _save_cache(data: OmniglotImages, path: Path) -> None:
-    """Write atomically (temp file in the same folder, then os.replace), so a killed
-    process never leaves a half-written cache. Failing to write only costs speed."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".omniglot-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            # Compressed: the binary images shrink from 25 MB to about 1 MB.
-            np.savez_compressed(f, images=data.images, characters=np.array(data.characters))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; others sharing the data folder may read it
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        warnings.warn(f"could not write the Omniglot cache {path}: {_one_line(exc)}", stacklevel=3)
+    # Compressed: the binary images shrink from 25 MB to about 1 MB.
+    save_arrays(path, {"images": data.images, "characters": np.array(data.characters)}, "Omniglot")
 
 
 # --- reading and preprocessing -----------------------------------------------------------

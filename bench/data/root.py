@@ -1,11 +1,14 @@
-"""Where data sets and caches live, and whether a folder may be written to."""
+"""Where data sets and caches live, whether a folder may be written to, and cache files."""
 
 from __future__ import annotations
 
 import os
 import stat
+import tempfile
+import warnings
 from pathlib import Path
 
+import numpy as np
 import platformdirs
 
 
@@ -36,3 +39,33 @@ def is_writable_dir(path: Path) -> bool:
     except OSError:
         return False
     return stat.S_ISDIR(mode) and bool(mode & stat.S_IWUSR) and os.access(path, os.W_OK)
+
+
+def load_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays `names` of a cache file (.npz), or None when the file is missing,
+    partial or foreign: a cache miss, never an error."""
+    try:
+        # Our own handle: np.load leaves the one it opens open when the zip is corrupt.
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
+            return {name: f[name] for name in names}
+    except Exception:
+        return None
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray], what: str) -> None:
+    """Write a compressed .npz cache atomically (a temporary file in the same folder,
+    then os.replace), so a killed process never leaves a half-written cache; readable by
+    everyone sharing the folder. Failing to write only costs speed: it warns."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        warnings.warn(f"could not write the {what} cache {path}: {message}", stacklevel=3)

@@ -1,0 +1,123 @@
+"""Sweeps: the product of algorithms and seeds as separate runs, with local workers and
+on a Ray cluster; rerunning skips finished runs and resumes unfinished ones; the paper
+tables as sweeps."""
+
+import json
+
+import pytest
+
+from bench.cli import main
+
+TINY = ["--preset", "sine", "--set", "meta_iters=30", "--set", "eval_tasks=10", "--set", "eval_every=10",
+        "--set", "eval_every_tasks=5", "--set", "log_every=10"]
+
+
+def files(results):
+    return {p.relative_to(results).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(results.rglob("*")) if p.is_file() and "logs" not in p.parts}
+
+
+def state(run):
+    return json.loads((run / "state.json").read_text())
+
+
+def test_local_sweep_runs_every_job_then_skips_finished_and_resumes_unfinished(tmp_path, capsys):
+    argv = ["sweep", "--algos", "reptile,joint", "--seeds", "0-1", *TINY, "--results", str(tmp_path),
+            "--workers", "2", "--device", "cpu"]
+    assert main(argv) == 0
+    runs = [tmp_path / "sine" / a / f"seed{s}" for a in ("reptile", "joint") for s in (0, 1)]
+    for run in runs:
+        assert state(run)["state"] == "finished"
+        config = json.loads((run / "config.json").read_text())
+        assert config["meta_iters"] == 30 and config["overrides"]["eval_tasks"] == "10"
+        log = tmp_path / "logs" / "sine" / run.parent.name / f"{run.name}.log"
+        assert log.read_text().startswith("$ ") and "--resume" in log.read_text()
+    assert "all 4 runs finished" in capsys.readouterr().out
+
+    # Rerunning is safe: nothing finished is touched.
+    before = files(tmp_path)
+    assert main(argv) == 0
+    assert files(tmp_path) == before
+    assert capsys.readouterr().out.count("[skip]") == 4
+
+    # A run killed after its last checkpoint (no final.json yet) is resumed, not redone.
+    killed = runs[1]
+    final = json.loads((killed / "final.json").read_text())
+    (killed / "final.json").unlink()
+    (killed / "state.json").write_text(json.dumps({**state(killed), "state": "running"}))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("[skip]") == 3 and "sine/reptile/seed1: finished" in out
+    assert state(killed)["resumed_at"] == [30]
+    again = json.loads((killed / "final.json").read_text())
+    assert {k: v for k, v in again.items() if "seconds" not in k and k != "ms_per_meta_iter"} == \
+        {k: v for k, v in final.items() if "seconds" not in k and k != "ms_per_meta_iter"}
+
+
+def test_ray_sweep_runs_the_same_jobs_as_ray_tasks(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same threads per run both ways
+    argv = ["sweep", "--algos", "reptile,joint", "--seeds", "0", *TINY, "--results", str(tmp_path),
+            "--device", "cpu", "--ray"]
+    assert main(argv) == 0, capsys.readouterr().err
+    for algo in ("reptile", "joint"):
+        assert state(tmp_path / "sine" / algo / "seed0")["state"] == "finished"
+    # The same runs as local workers make (with the same threads per run): identical
+    # metrics apart from wall-clock.
+    assert main(["sweep", "--algos", "reptile", "--seeds", "0", *TINY, "--results", str(tmp_path / "local"),
+                 "--device", "cpu"]) == 0
+
+    def rows(results):
+        lines = (results / "sine" / "reptile" / "seed0" / "metrics.csv").read_text().splitlines()
+        return [line.split(",")[:1] + line.split(",")[2:] for line in lines]
+    assert rows(tmp_path) == rows(tmp_path / "local")
+
+
+def test_a_run_with_other_settings_stops_the_sweep_before_anything_runs(tmp_path, capsys):
+    assert main(["run", "--algo", "reptile", *TINY, "--results", str(tmp_path), "--device", "cpu",
+                 "--no-progress"]) == 0
+    run = tmp_path / "sine" / "reptile" / "seed0"
+    before = files(tmp_path)
+    capsys.readouterr()
+    code = main(["sweep", "--algos", "reptile,joint", "--seeds", "0", *TINY, "--set", "inner_lr=0.05",
+                 "--results", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{run} holds a run made with other settings (inner_lr=0.02 (now 0.05))" in err
+    assert files(tmp_path) == before and not (tmp_path / "sine" / "joint").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--algos", "reptil"], "unknown algorithm 'reptil'"),
+    (["--algos", "reptile", "--seeds", "two"], "--seeds 'two' is not a list of seeds"),
+    (["--algos", "fomaml", "--set", "inner_steps=1"], "sine fomaml seed 0: fomaml needs inner_steps >= 2"),
+    (["--algos", "reptile", "--workers", "0"], "--workers 0"),
+])
+def test_bad_sweeps_are_one_line_and_write_nothing(tmp_path, capsys, argv, message):
+    code = main(["sweep", "--preset", "sine", *argv, "--results", str(tmp_path / "r"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("table,runs", [("omniglot", 16), ("miniimagenet", 8)])
+def test_reproduce_queues_every_row_of_a_paper_table(table, runs, capsys):
+    assert main(["reproduce", "--table", table, "--seeds", "0-2", "--set", "meta_iters=1000", "--dry-run"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 3 * runs
+    settings = ("5w1s", "5w5s", "20w1s", "20w5s") if table == "omniglot" else ("5w1s", "5w5s")
+    for s in settings:
+        for algo, preset, transductive in (("maml", f"{table}-{s}-maml", "true"),
+                                           ("fomaml", f"{table}-{s}-maml", "true"),
+                                           ("reptile", f"{table}-{s}", "false"),
+                                           ("reptile", f"{table}-{s}", "true")):
+            expected = (f"python -m bench run --algo {algo} --preset {preset} --seed 2 "
+                        f"--set transductive={transductive} --set meta_iters=1000 ")
+            assert any(c.startswith(expected) and c.endswith("--resume --no-progress") for c in commands), expected
+
+
+def test_transductive_variant_gets_its_own_run_folder(tmp_path):
+    for extra in ([], ["--set", "transductive=true"]):
+        assert main(["run", "--algo", "reptile", *TINY, *extra, "--results", str(tmp_path), "--device", "cpu",
+                     "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "sine").iterdir()) == ["reptile", "reptile-transductive"]
