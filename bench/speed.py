@@ -1,124 +1,379 @@
-"""`python -m bench speed`: time per meta-iteration of each algorithm, side by side.
+"""`python -m bench speed`: time and peak memory per meta-iteration, for each algorithm at
+its paper settings and each implementation of it, side by side in one run.
 
-Every (algorithm, path) combination runs the runner's meta-iteration (draw a
-meta-batch, compute the meta-gradient, apply the outer step) with the preset's
-settings (and its per-algorithm settings), on random data of the task's shape
-resident on the device, so no data set is needed and the data cannot change the
-time. The combinations are timed round-robin, one meta-iteration each per round,
-so that a noisy, shared machine slows them alike; the table gives the median over
-rounds and the ratio to the first algorithm on the same path.
+The cases: Reptile and joint training on `omniglot-5w1s` (the Reptile paper's Omniglot
+5-way 1-shot settings), FOMAML and MAML on `omniglot-5w1s-maml` (the MAML paper's: one
+inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on `sine`
+(the public Reptile sine example). The implementations of each:
+
+- `batched` and `serial`: the suite's own meta-iteration (`bench.runner.meta_iteration`:
+  draw the meta-batch, the algorithm's meta-gradient, the outer step), with the tasks of
+  the meta-batch under `torch.func.vmap` or one after another;
+- `naive`: the same maths written as public meta-learning code usually is
+  (`bench.naive`: a deepcopy and an optimizer per task, plain autograd, a loop over the
+  tasks); for `sine`, the public example's own loop, its NumPy task sampling included;
+- `learn2learn`: learn2learn's MAML and first-order MAML (`bench.peers`), when installed.
+
+Inputs are random data of the task's shape on the device (no data set needed): every
+implementation of a case draws its episodes from its own sampler with the same seed and
+runs the same number of meta-iterations, so all see the same episodes in the same order
+and start from the same initialisation (the sine example draws its own tasks, from the
+same distribution). The suite's Reptile preset carries the inner Adam state from task
+to task, where the naive code starts a fresh optimizer per task: the same operations
+on other numbers, so the same time. All are timed in one process, round-robin (one
+round runs every implementation in turn), so that a noisy, shared machine slows them
+alike; a case whose meta-iteration is short runs several timed meta-iterations per
+round. The time is the median over all timed meta-iterations after the warm-up, with a
+host sync after each (on a GPU, `torch.cuda.synchronize`). The default runs 8 rounds
+after 2 warm-up ones, fewer (3 at least) once the rounds have taken a minute; `--quick`
+runs 2 after 1. `--threads` sets torch's CPU threads for every implementation alike:
+on a machine other jobs keep busy, one thread avoids the threads waiting on each other.
+
+Peak memory (MiB, 2**20 bytes) is what one meta-iteration needs beyond what was set up
+before it (model, data, optimizers), measured after the timing, one implementation at a
+time, each warmed up already: on a GPU, `torch.cuda.max_memory_allocated` above the
+memory allocated before the meta-iteration; on the CPU, which has no allocator counter,
+the growth of the process's peak resident set (Linux VmHWM, reset just before) after
+glibc's free heap pages have gone back to the system (`malloc_trim`), so that the
+meta-iteration must fault in all it uses. That includes the allocator's slack: compare
+rows of one table rather than read the numbers as exact bytes (as `python -m bench
+memory`). Measured this way in one process, the rows agree within a few MiB with each
+implementation measured alone in a fresh process. Without Linux's /proc and glibc the
+CPU column is left empty.
 """
 
 from __future__ import annotations
 
+import gc
+import math
 import statistics
 import time
+from pathlib import Path
+from typing import Callable
 
-import numpy as np
+ALGOS = ("reptile", "fomaml", "maml", "joint")
+PRESETS = {"reptile": ("omniglot-5w1s", "sine"), "fomaml": ("omniglot-5w1s-maml",),
+           "maml": ("omniglot-5w1s-maml",), "joint": ("omniglot-5w1s",)}
+"""Each algorithm's paper settings (and the sine example for Reptile)."""
+IMPLEMENTATIONS = ("batched", "serial", "naive", "learn2learn")
+SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "tail", "inner_optimizer",
+            "inner_lr", "inner_steps", "inner_batch", "inner_state", "meta_batch", "meta_optimizer", "meta_lr")
+COLUMNS = ("algo", "implementation", "device", *SETTINGS, "threads", "torch", "timed_iters",
+           "ms_per_meta_iter", "peak_mem_mb", "speedup_vs_naive", "speedup_vs_learn2learn")
+FULL = {"warmup": 2, "rounds": 8, "budget_s": 60.0}
+QUICK = {"warmup": 1, "rounds": 2, "budget_s": None}
+MIN_ROUNDS = 3  # the budget stops the rounds after this many at the earliest
+ROUND_S = 0.05  # a case's timed meta-iterations per round fill at least this long (at most MAX_REPS)
+MAX_REPS = 20
 
-PATHS = ("serial", "batched")
+Case = tuple[str, str]  # (algo, preset)
 
 
-def _setup(preset: str, algo: str, batched: bool, device):
-    """One combination's meta-iteration as a closure."""
+def cases(algos: list[str]) -> list[Case]:
+    return [(a, p) for a in algos for p in PRESETS[a]]
+
+
+def implementations(algo: str, learn2learn: bool) -> list[str]:
+    from .peers import LEARN2LEARN_ALGOS
+
+    return [i for i in IMPLEMENTATIONS if i != "learn2learn" or (learn2learn and algo in LEARN2LEARN_ALGOS)]
+
+
+def _config(algo: str, preset: str):
+    from .config import load_config
+    from .runner import check_algorithm_settings
+
+    cfg = load_config(preset, algo=algo)
+    check_algorithm_settings(cfg, algo)
+    return cfg
+
+
+def _sampler(cfg, device):
+    """Episodes of random data of the task's shape on the device, seed 0: for Omniglot a
+    pool of 64 classes of 20 random binary 28x28 drawings (as many as the real ones)."""
+    import numpy as np
+    import torch
+
+    from .episodes import ClassSampler, SineSampler
+
+    rng = np.random.default_rng(0)
+    if cfg.task == "sine":
+        return SineSampler(device, rng)
+    pool = torch.randint(0, 2, (64, 20, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return ClassSampler(pool.to(device), cfg.ways, rng)
+
+
+def _outer_optimizer(cfg, params):
+    import torch
+
+    return (torch.optim.SGD if cfg.meta_optimizer == "sgd" else torch.optim.Adam)(params, lr=cfg.meta_lr)
+
+
+def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
+    """One implementation's meta-iteration as a closure, set up from scratch (seed 0)."""
     import torch
 
     from algorithms import ALGORITHMS, inner_optimizer
 
-    from .config import load_config
-    from .data.miniimagenet import SCALE
-    from .episodes import ClassSampler, SineSampler
+    from . import naive
     from .models import build_model, task_loss
-    from .runner import check_algorithm_settings, meta_iteration
+    from .runner import meta_iteration, train_episodes
 
-    cfg = load_config(preset, algo=algo).replace(batched=batched)
-    check_algorithm_settings(cfg, algo)
-    rng = np.random.default_rng(0)
-    if cfg.task == "sine":
-        sampler = SineSampler(device, rng)
-    elif cfg.task == "miniimagenet":  # random pixels of the real shape, scaled as the real data
-        pool = torch.randint(0, 256, (max(cfg.ways, 64), 40, 3, 84, 84), dtype=torch.uint8, device=device)
-        sampler = ClassSampler(pool, cfg.ways, rng, scale=SCALE)
-    else:
-        pool = torch.randint(0, 2, (max(cfg.ways, 64), 20, 28, 28), dtype=torch.uint8, device=device)
-        sampler = ClassSampler(pool, cfg.ways, rng)
+    cfg = _config(algo, preset)
+    if impl == "naive" and cfg.task == "sine":  # the public example's own loop, its own sampling
+        example = naive.SineExample(seed=0, innerstepsize=cfg.inner_lr, outerstepsize0=cfg.meta_lr,
+                                    niterations=cfg.meta_iters, device=device)
+        counter = iter(range(10**9))
+        return lambda: example.iteration(next(counter))
+    sampler = _sampler(cfg, device)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    loss = task_loss(model, cfg)
-    opt = (torch.optim.SGD if cfg.meta_optimizer == "sgd" else torch.optim.Adam)(list(params.values()), lr=1e-9)
-    box = {"state": inner_optimizer(cfg).init(params)}
-    algorithm = ALGORITHMS[algo]
 
-    def timed():
-        step = meta_iteration(algorithm, algo, loss, params, box["state"], sampler, opt, cfg)
-        box["state"] = step.inner_state
-        float(step.logs["loss"])  # the host sync the runner does when it logs; waits for a GPU
+    if impl in ("batched", "serial"):
+        cfg = cfg.replace(batched=impl == "batched")
+        params = {k: v.detach().clone() for k, v in model.named_parameters()}
+        loss, algorithm = task_loss(model, cfg), ALGORITHMS[algo]
+        opt = _outer_optimizer(cfg, list(params.values()))
+        box = {"state": inner_optimizer(cfg).init(params)}
 
-    return timed
+        def suite():
+            step = meta_iteration(algorithm, algo, loss, params, box["state"], sampler, opt, cfg)
+            box["state"] = step.inner_state
+        return suite
+
+    if impl == "naive":
+        if algo in ("reptile", "joint"):
+            update = naive.reptile if algo == "reptile" else naive.joint
+            return lambda: update(model, train_episodes(sampler, cfg, algo), cfg, cfg.meta_lr)
+        opt = _outer_optimizer(cfg, model.parameters())
+        update = naive.maml if algo == "maml" else naive.fomaml
+        return lambda: update(model, opt, train_episodes(sampler, cfg, algo), cfg)
+
+    if impl == "learn2learn":
+        from .peers import learn2learn_maml, learn2learn_step
+
+        meta = learn2learn_maml(model, cfg, first_order=algo == "fomaml")
+        opt = _outer_optimizer(cfg, meta.parameters())
+        return lambda: learn2learn_step(meta, opt, train_episodes(sampler, cfg, algo), cfg)
+    raise ValueError(f"unknown implementation {impl!r}")
 
 
-def measure(preset: str, algos: list[str], paths: list[str], rounds: int, device) -> list[dict]:
-    """Median milliseconds per meta-iteration of every (algo, path), timed round-robin."""
-    combos = {(a, p): _setup(preset, a, p == "batched", device) for a in algos for p in paths}
-    for fn in combos.values():  # warm-up: first-call costs (allocations, kernel selection)
+def _synced(fn: Callable[[], None], device) -> Callable[[], None]:
+    """fn, then a wait for the GPU's queued work, so the clock covers it."""
+    if device.type != "cuda":
+        return fn
+    import torch
+
+    def run():
         fn()
-        fn()
-    times: dict[tuple[str, str], list[float]] = {k: [] for k in combos}
-    for _ in range(rounds):
-        for key, fn in combos.items():
+        torch.cuda.synchronize(device)
+    return run
+
+
+def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = None) -> tuple[dict, dict, int]:
+    """Median seconds per meta-iteration of every (algo, preset, impl), timed round-robin,
+    the number of timed meta-iterations of each, and the rounds run: `rounds`, or fewer
+    (MIN_ROUNDS at least) once the rounds have taken `budget_s` (a slow or busy machine).
+    All implementations of a case run the same number of meta-iterations (so they see the
+    same episodes)."""
+    last: dict = {}
+    for key, fn in combos.items():  # first-call costs: allocations, kernel selection, thread pools
+        for _ in range(warmup):
             t0 = time.perf_counter()
             fn()
-            times[key].append(time.perf_counter() - t0)
+            last[key] = time.perf_counter() - t0
+    reps = {}
+    for key in combos:
+        slowest = max(t for k, t in last.items() if k[:2] == key[:2])
+        reps[key] = min(MAX_REPS, max(1, math.ceil(ROUND_S / max(slowest, 1e-9))))
+    times: dict = {k: [] for k in combos}
+    start, done = time.perf_counter(), 0
+    while done < rounds and not (budget_s is not None and done >= MIN_ROUNDS
+                                 and time.perf_counter() - start > budget_s):
+        for key, fn in combos.items():
+            for _ in range(reps[key]):
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+        done += 1
+    return {k: statistics.median(ts) for k, ts in times.items()}, {k: len(ts) for k, ts in times.items()}, done
+
+
+# Peak memory -------------------------------------------------------------------------
+
+def _status_kib(field: str) -> int | None:
+    """A `VmXXX:` field of /proc/self/status in KiB (None where unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _malloc_trim() -> bool:
+    """Hand the C heap's free pages back to the system (glibc); False where impossible."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (VmHWM) to its current size (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def cpu_peak(fn: Callable[[], None]) -> float | None:
+    """MiB by which the peak resident set grows during one call of fn, after the freed
+    heap has gone back to the system (so the call must fault in what it needs); None
+    where Linux's /proc or glibc's malloc_trim is missing."""
+    gc.collect()
+    if not _malloc_trim():
+        return None
+    base = _status_kib("VmRSS")
+    if base is None or not _reset_peak_rss():
+        return None
+    fn()
+    peak = _status_kib("VmHWM")
+    return None if peak is None else max(peak - base, 0) / 1024
+
+
+def cuda_peak(fn: Callable[[], None], device) -> float:
+    """MiB allocated at the peak of one call of fn above what was allocated before it."""
+    import torch
+
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+# The table ---------------------------------------------------------------------------
+
+def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None = None,
+            threads: int | None = None) -> tuple[list[dict], dict]:
+    """Every case and implementation of `algos`, timed and measured; returns the CSV rows
+    and what the run did: `warmup`, `rounds` and learn2learn's version (None when it is
+    not installed). `rounds` replaces the default (or --quick's) and its time budget."""
+    import torch
+
+    from .peers import learn2learn_version
+
+    plan = dict(QUICK if quick else FULL)
+    if rounds is not None:
+        plan.update(rounds=rounds, budget_s=None)
+    l2l = learn2learn_version()
+    keys = [(a, p, i) for a, p in cases(algos) for i in implementations(a, l2l is not None)]
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    try:
+        combos = {k: _synced(build(*k, device), device) for k in keys}
+        ms, counts, done = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
+        peaks = {k: cuda_peak(fn, device) if device.type == "cuda" else cpu_peak(fn) for k, fn in combos.items()}
+    finally:
+        torch.set_num_threads(previous)  # called in-process (tests), the setting stays the caller's
+
     rows = []
-    for (algo, path), ts in times.items():
-        ms = 1000 * statistics.median(ts)
-        base = 1000 * statistics.median(times[(algos[0], path)])
-        rows.append({"algo": algo, "path": path, "ms": round(ms, 1), "ratio": round(ms / base, 2)})
-    return rows
+    for algo, preset, impl in keys:
+        cfg, t = _config(algo, preset), ms[(algo, preset, impl)]
+        naive_t, l2l_t = ms.get((algo, preset, "naive")), ms.get((algo, preset, "learn2learn"))
+        peak = peaks.get((algo, preset, impl))
+        rows.append({
+            "algo": algo, "implementation": impl, "device": device.type,
+            **{s: getattr(cfg, s) for s in SETTINGS if s != "preset"}, "preset": preset,
+            "threads": threads, "torch": torch.__version__, "timed_iters": counts[(algo, preset, impl)],
+            "ms_per_meta_iter": round(1000 * t, 3),
+            "peak_mem_mb": "" if peak is None else round(peak, 1),
+            "speedup_vs_naive": "" if naive_t is None else round(naive_t / t, 2),
+            "speedup_vs_learn2learn": "" if l2l_t is None else round(l2l_t / t, 2)})
+    return [{c: r[c] for c in COLUMNS} for r in rows], {"warmup": plan["warmup"], "rounds": done, "learn2learn": l2l}
 
 
-def table(rows: list[dict], algos: list[str], paths: list[str]) -> str:
-    by = {(r["algo"], r["path"]): r for r in rows}
-    head = "| algorithm | " + " | ".join(f"{p} ms (x {algos[0]})" for p in paths) + " |"
-    lines = [head, "|---|" + "---|" * len(paths)]
-    for a in algos:
-        cells = [f"{by[(a, p)]['ms']} ({by[(a, p)]['ratio']})" for p in paths]
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+def _ms(ms: float) -> str:
+    """Three significant digits, whole milliseconds from 100 up: 2.33, 35.5, 1,090."""
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a Markdown table, one line per (algorithm, preset, implementation)."""
+    lines = ["| algorithm | preset | implementation | ms / meta-iteration | peak MiB | x naive | x learn2learn |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        x_naive = f"{r['speedup_vs_naive']:.2f}" if r["speedup_vs_naive"] != "" else "-"
+        x_l2l = f"{r['speedup_vs_learn2learn']:.2f}" if r["speedup_vs_learn2learn"] != "" else "-"
+        peak = r["peak_mem_mb"] if r["peak_mem_mb"] != "" else "-"
+        lines.append(f"| {r['algo']} | {r['preset']} | {r['implementation']} | {_ms(r['ms_per_meta_iter'])} | "
+                     f"{peak} | {x_naive} | {x_l2l} |")
     return "\n".join(lines)
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("speed", help="time per meta-iteration of each algorithm, side by side")
-    s.add_argument("--preset", default="omniglot-5w1s")
-    s.add_argument("--algos", default="reptile,fomaml,maml,joint", help="comma-separated algorithms")
-    s.add_argument("--paths", default="serial,batched", help="serial, batched or both (comma-separated)")
-    s.add_argument("--rounds", type=int, default=10, help="timed meta-iterations per combination")
+    s = sub.add_parser("speed", help="time and peak memory per meta-iteration of each algorithm and "
+                                     "implementation (suite batched/serial, naive, learn2learn), side by side")
+    s.add_argument("--algos", default=",".join(ALGOS), help=f"comma-separated, from {', '.join(ALGOS)}")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    s.add_argument("--quick", action="store_true",
+                   help=f"{QUICK['rounds']} rounds after {QUICK['warmup']} warm-up, for tests and CI (default: "
+                        f"{FULL['rounds']} after {FULL['warmup']}, fewer, {MIN_ROUNDS} at least, once the rounds "
+                        f"have taken {FULL['budget_s']:.0f} s)")
+    s.add_argument("--rounds", type=int, default=None,
+                   help="timed rounds, exactly (replaces the default's or --quick's)")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    s.add_argument("--out", default=None, help="CSV to write (default: results/speed/<device>.csv)")
+
+
+def parse_algos(spec: str) -> list[str]:
+    from .config import _unknown
+    from .errors import ConfigError
+
+    algos = [a.strip() for a in spec.split(",") if a.strip()]
+    if not algos:
+        raise ConfigError(f"--algos {spec!r}: name at least one of {', '.join(ALGOS)}")
+    for a in algos:
+        if a not in ALGOS:
+            raise _unknown("algorithm for speed", a, list(ALGOS))
+    return list(dict.fromkeys(algos))
 
 
 def main_speed(args) -> int:
     import torch
 
-    from algorithms import ALGORITHMS
-
-    from .config import _unknown, load_config
     from .errors import ConfigError
+    from .peers import MISSING
+    from .results import write_csv
     from .runner import resolve_device
 
-    load_config(args.preset)
-    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-    for a in algos:
-        if a not in ALGORITHMS:
-            raise _unknown("algorithm", a, sorted(ALGORITHMS))
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    if not paths or any(p not in PATHS for p in paths):
-        raise ConfigError(f"--paths {args.paths!r}: choose from {', '.join(PATHS)}")
-    if args.rounds < 1:
+    algos = parse_algos(args.algos)
+    if args.rounds is not None and args.rounds < 1:
         raise ConfigError("--rounds must be 1 or more")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be 1 or more")
     device = resolve_device(args.device)
-    rows = measure(args.preset, algos, paths, args.rounds, device)
-    print(f"preset {args.preset}, {device.type}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} round-robin meta-iterations")
-    print(table(rows, algos, paths))
+    out = Path(args.out) if args.out else Path("results") / "speed" / f"{device.type}.csv"
+    rows, run = measure(algos, device, quick=args.quick, rounds=args.rounds, threads=args.threads)
+    print(f"{device.type}, torch {torch.__version__}, {rows[0]['threads']} threads; median time per "
+          f"meta-iteration over {run['rounds']} round-robin rounds after {run['warmup']} warm-up; peak memory: "
+          + ("CUDA max_memory_allocated during one meta-iteration" if device.type == "cuda" else
+             "growth of the peak resident set during one meta-iteration (allocator slack included)"))
+    print(table(rows))
+    print(MISSING + ": no learn2learn rows" if run["learn2learn"] is None else f"learn2learn {run['learn2learn']}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(out, rows)
+    print(f"wrote {out}")
     return 0
+

@@ -174,17 +174,6 @@ def test_settings_an_algorithm_cannot_use_are_refused(tmp_path, algo, settings, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_speed_times_every_algorithm_side_by_side():
-    out = bench("speed", "--preset", "sine", "--algos", "reptile,fomaml,joint", "--paths", "serial,batched",
-                "--rounds", "2", "--device", "cpu")
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert lines[0].startswith("preset sine, cpu") and "median of 2" in lines[0]
-    assert [line.split("|")[1].strip() for line in lines[3:]] == ["reptile", "fomaml", "joint"]
-    assert "(1.0)" in lines[3]  # the first algorithm is the reference of the ratios
-    assert bench("speed", "--algos", "reptile,nope").returncode == 2
-
-
 def test_memory_compares_both_maml_backwards():
     out = bench("memory", "--preset", "sine", "--steps", "1,3", "--repeats", "1", "--device", "cpu")
     assert out.returncode == 0, out.stderr

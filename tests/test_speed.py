@@ -1,0 +1,235 @@
+"""`python -m bench speed` and the implementations it times beside the suite's.
+
+The naive implementations (bench/naive.py) and learn2learn's MAML (bench/peers.py) must
+compute the suite's maths on the same episodes, or the speed table would compare
+different algorithms: their updates are checked against `algorithms/` here, in float64.
+learn2learn is optional: its tests skip without it (scripts/install_learn2learn.sh)."""
+
+import csv
+import time
+
+import pytest
+import torch
+
+from algorithms import ALGORITHMS, inner_optimizer
+from bench import naive, speed
+from bench.cli import main
+from bench.config import load_config
+from bench.episodes import Episode
+from bench.models import build_model, task_loss
+from bench.peers import learn2learn_version
+from bench.runner import train_episodes
+
+CPU = torch.device("cpu")
+COLUMNS = ["algo", "implementation", "device", "preset", "task", "ways", "shots", "train_shots", "query_shots",
+           "tail", "inner_optimizer", "inner_lr", "inner_steps", "inner_batch", "inner_state", "meta_batch",
+           "meta_optimizer", "meta_lr", "threads", "torch", "timed_iters", "ms_per_meta_iter", "peak_mem_mb",
+           "speedup_vs_naive", "speedup_vs_learn2learn"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: more threads only add synchronisation, which on a shared 2-core machine
+    costs 5-10x. (The CLI's --threads sets its own and restores this one.)"""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def setup(preset, algo, **settings):
+    """cfg, a model (seed 0) and one meta-batch of random episodes in the default dtype."""
+    cfg = load_config(preset, algo=algo).replace(**settings)
+    episodes = train_episodes(speed._sampler(cfg, CPU), cfg, algo)
+    dtype = torch.get_default_dtype()
+    episodes = Episode(*(t.to(dtype) if t.is_floating_point() else t for t in episodes._tensors()))
+    torch.manual_seed(0)
+    return cfg, build_model(cfg), episodes
+
+
+def suite_step(algo, cfg, model, episodes):
+    """The suite's meta-step on a copy of the model's parameters (as the runner calls it)."""
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with torch.no_grad():
+        step = ALGORITHMS[algo](task_loss(model, cfg), params, inner_optimizer(cfg).init(params), episodes, cfg)
+    return params, step
+
+
+def worst(a, b):
+    return max(float((a[k] - b[k]).detach().abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_naive_reptile_makes_the_suites_update(float64, batched):
+    # A fresh optimizer per task is the suite's inner_state="reset"; the preset's "carry"
+    # runs the same operations on other numbers.
+    cfg, model, episodes = setup("omniglot-5w1s", "reptile", inner_state="reset", meta_batch=3, inner_steps=3,
+                                 batched=batched)
+    params, step = suite_step("reptile", cfg, model, episodes)
+    ours = {k: p - cfg.meta_lr * step.grad[k] for k, p in params.items()}  # the outer SGD step
+    naive.reptile(model, episodes, cfg, cfg.meta_lr)
+    theirs = dict(model.named_parameters())
+    # The conv biases before batch norm have an exact gradient of 0: what Adam makes of the
+    # two implementations' rounding noise (~1e-17 over eps 1e-8) moves them by ~1e-10, alike.
+    before_norm = {f"{i}.bias" for i in (0, 3, 6, 9)}
+    assert worst({k: v for k, v in ours.items() if k not in before_norm}, theirs) <= 1e-12
+    assert worst({k: ours[k] for k in before_norm}, params) <= 1e-8
+    assert worst({k: theirs[k] for k in before_norm}, params) <= 1e-8
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_naive_joint_makes_the_suites_update(float64, batched):
+    cfg, model, episodes = setup("omniglot-5w1s", "joint", meta_batch=3, batched=batched)
+    params, step = suite_step("joint", cfg, model, episodes)
+    ours = {k: p - cfg.meta_lr * step.grad[k] for k, p in params.items()}
+    naive.joint(model, episodes, cfg, cfg.meta_lr)
+    assert worst(ours, dict(model.named_parameters())) <= 1e-10
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml"])
+@pytest.mark.parametrize("batched", [False, True])
+def test_naive_maml_computes_the_suites_meta_gradient(float64, algo, batched):
+    # Two adaptation steps (inner_steps counts the query), so second-order terms matter.
+    cfg, model, episodes = setup("omniglot-5w1s-maml", algo, meta_batch=3, inner_steps=3, batched=batched)
+    _, step = suite_step(algo, cfg, model, episodes)
+    getattr(naive, algo)(model, torch.optim.SGD(model.parameters(), lr=0.0), episodes, cfg)
+    theirs = {k: cfg.inner_lr * p.grad for k, p in model.named_parameters()}  # the suite's scale
+    assert worst(step.grad, theirs) <= 1e-10
+
+
+def test_maml_and_fomaml_meta_gradients_differ():
+    # The equality above would not tell the two apart if the second-order terms vanished.
+    cfg, model, episodes = setup("omniglot-5w1s-maml", "maml", meta_batch=2, inner_steps=3)
+    _, second = suite_step("maml", cfg, model, episodes)
+    _, first = suite_step("fomaml", cfg, model, episodes)
+    assert worst(second.grad, first.grad) > 1e-4
+
+
+def test_the_public_sine_example_makes_the_suites_reptile_update():
+    cfg = load_config("sine", algo="reptile")
+    example = naive.SineExample(seed=0, innerstepsize=cfg.inner_lr, outerstepsize0=cfg.meta_lr,
+                                niterations=cfg.meta_iters)
+    torch.manual_seed(0)
+    model = build_model(cfg)  # the same initialisation as the example's
+    assert worst(dict(model.named_parameters()), dict(example.model.named_parameters())) == 0
+
+    y_all = example.gen_task()(example.x_all)
+    inds = example.rng.permutation(len(example.x_all))
+    as_tensor = lambda a: torch.tensor(a, dtype=torch.float32)[None]  # noqa: E731
+    episode = Episode(as_tensor(example.x_all), as_tensor(y_all), as_tensor(example.x_all), as_tensor(y_all),
+                      torch.from_numpy(inds.reshape(5, 10))[None])
+    params, step = suite_step("reptile", cfg, model, episode)
+    ours = {k: p - cfg.meta_lr * step.grad[k] for k, p in params.items()}  # iteration 0: outer step 0.1
+    example.iteration(0, y_all, inds)
+    assert worst(ours, dict(example.model.named_parameters())) <= 1e-6
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml"])
+def test_learn2learn_computes_the_suites_meta_gradient(float64, algo):
+    pytest.importorskip("learn2learn", reason="learn2learn is not installed: run scripts/install_learn2learn.sh")
+    from bench.peers import learn2learn_maml, learn2learn_step
+
+    cfg, model, episodes = setup("omniglot-5w1s-maml", algo, meta_batch=3, inner_steps=3)
+    _, step = suite_step(algo, cfg, model, episodes)
+    meta = learn2learn_maml(model, cfg, first_order=algo == "fomaml")
+    learn2learn_step(meta, torch.optim.SGD(meta.parameters(), lr=0.0), episodes, cfg)
+    theirs = {k: cfg.inner_lr * p.grad for k, p in model.named_parameters()}
+    assert worst(step.grad, theirs) <= 1e-10
+
+
+def read(path):
+    with open(path) as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
+    l2l = learn2learn_version()
+    out = tmp_path / "speed.csv"
+    assert main(["speed", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    header, rows = read(out)
+    assert header == COLUMNS
+    expected = [(a, p, i) for a, p in [("reptile", "omniglot-5w1s"), ("reptile", "sine"),
+                                       ("fomaml", "omniglot-5w1s-maml"), ("maml", "omniglot-5w1s-maml"),
+                                       ("joint", "omniglot-5w1s")]
+                for i in ["batched", "serial", "naive", "learn2learn"]
+                if i != "learn2learn" or (l2l and a in ("maml", "fomaml"))]
+    assert [(r["algo"], r["preset"], r["implementation"]) for r in rows] == expected
+    assert ("learn2learn not installed (scripts/install_learn2learn.sh)" in printed) == (l2l is None)
+    ms = {(r["algo"], r["preset"], r["implementation"]): float(r["ms_per_meta_iter"]) for r in rows}
+    for r in rows:
+        case = (r["algo"], r["preset"])
+        assert r["device"] == "cpu" and r["threads"] == "1" and float(r["ms_per_meta_iter"]) > 0
+        assert float(r["peak_mem_mb"]) >= 0
+        assert float(r["speedup_vs_naive"]) == pytest.approx(ms[(*case, "naive")] / ms[(*case, r["implementation"])],
+                                                             rel=0.01, abs=0.01)
+        if (*case, "learn2learn") in ms:
+            assert float(r["speedup_vs_learn2learn"]) == pytest.approx(
+                ms[(*case, "learn2learn")] / ms[(*case, r["implementation"])], rel=0.01, abs=0.01)
+        else:
+            assert r["speedup_vs_learn2learn"] == ""
+        # every implementation of a case ran as many meta-iterations: the same episodes
+        assert r["timed_iters"] == next(s["timed_iters"] for s in rows if (s["algo"], s["preset"]) == case)
+    settings = {(r["algo"], r["preset"]): (r["meta_batch"], r["inner_steps"], r["inner_optimizer"]) for r in rows}
+    assert settings[("maml", "omniglot-5w1s-maml")] == ("32", "2", "sgd")  # the MAML paper's
+    assert settings[("reptile", "omniglot-5w1s")] == ("5", "5", "adam")  # the Reptile paper's
+    assert all(f"| {a} | {p} | {i} |" in printed for a, p, i in expected)
+
+
+def test_speed_writes_results_speed_device_csv_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(2)
+    assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu"]) == 0
+    assert torch.get_num_threads() == 2  # --threads is the run's, not the caller's
+    header, rows = read(tmp_path / "results" / "speed" / "cpu.csv")
+    assert header == COLUMNS and [r["implementation"] for r in rows] == ["batched", "serial", "naive"]
+    assert "wrote results/speed/cpu.csv" in capsys.readouterr().out
+
+
+def test_rounds_stop_at_the_budget_and_every_implementation_of_a_case_runs_as_often():
+    calls = {"a": 0, "b": 0, "c": 0}
+
+    def work(name, seconds):
+        def fn():
+            calls[name] += 1
+            time.sleep(seconds)
+        return fn
+
+    combos = {("x", "p", "a"): work("a", 0.001), ("x", "p", "b"): work("b", 0.004), ("y", "p", "c"): work("c", 0.06)}
+    ms, counts, done = speed.time_all(combos, warmup=1, rounds=5)
+    # ceil(0.05 s / the case's slowest meta-iteration) per round, so the same for a and b
+    assert done == 5 and counts[("x", "p", "a")] == counts[("x", "p", "b")] > 5 and counts[("y", "p", "c")] == 5
+    assert calls == {"a": counts[("x", "p", "a")] + 1, "b": counts[("x", "p", "b")] + 1, "c": 6}
+    assert ms[("x", "p", "a")] < ms[("x", "p", "b")] < ms[("y", "p", "c")]
+    assert speed.time_all(combos, warmup=1, rounds=5, budget_s=0.0)[2] == speed.MIN_ROUNDS
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--algos", "reptile,nope"], "'nope'"),
+    (["--algos", "gradsum"], "reptile, fomaml, maml, joint"),
+    (["--algos", ","], "at least one"),
+    (["--rounds", "0"], "--rounds"),
+    (["--threads", "0"], "--threads"),
+    (["--device", "tpu"], "--device cpu"),
+])
+def test_bad_speed_arguments_are_one_line_errors(tmp_path, capsys, argv, words):
+    assert main(["speed", *argv, "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err
+    assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_speed_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
+    assert main(["speed", "--device", "cuda", "--algos", "joint", "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device cpu" in err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_naive_maml_refuses_an_adam_inner_loop():
+    cfg, model, episodes = setup("omniglot-5w1s", "maml", meta_batch=1)
+    with pytest.raises(Exception, match="SGD inner loop"):
+        naive.maml(model, torch.optim.SGD(model.parameters(), lr=0.0), episodes, cfg)
+
