@@ -1,4 +1,4 @@
-"""Command line: `python -m bench run|sweep|reproduce|presets|report|variance|speed|memory ...`."""
+"""Command line: `python -m bench run|sweep|reproduce|check|presets|report|variance|speed|memory ...`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from . import memory, report, reproduce, speed, sweep, variance
+from . import check, memory, report, reproduce, speed, sweep, variance
 from .config import available_presets, load_config, parse_overrides, preset_values
 from .errors import BenchError
 
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("presets", help="list the presets and their key settings")
+    check.add_parser(sub)
     memory.add_parser(sub)
     report.add_parser(sub)
     reproduce.add_parser(sub)
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             return memory.main_memory(args)
         if args.command == "report":
             return report.main_report(args)
+        if args.command == "check":
+            return check.main_check(args)
         if args.command == "sweep":
             return sweep.main_sweep(args)
         if args.command == "reproduce":
