@@ -17,7 +17,7 @@ from bench.report_stats import pairwise
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("## omniglot-5w1s", "## omniglot-gradsum", "## sine", "### Results", "### Significance",
-            "## Gradient combinations", "## Meta-gradient variance", "## Sine-wave predictions",
+            "## Paper tables", "## Gradient combinations", "## Meta-gradient variance", "## Sine-wave predictions",
             "## Settings of each run", "## Environment", "## Skipped runs")
 
 
@@ -210,3 +210,26 @@ def test_report_modules_do_not_import_torch():
     code = ("import sys, bench.report, bench.published; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_paper_tables_are_filled_from_the_runs_of_each_row(tmp_path: Path):
+    """`bench reproduce`'s runs land in the right cells: the row by algorithm, preset
+    family and transduction, the column by the preset's ways and shots."""
+    res = tmp_path / "results"
+    for seed in (0, 1):
+        write_run(res, "omniglot-5w5s", "reptile", seed, level=0.9)
+        write_run(res, "omniglot-5w5s", "reptile-transductive", seed, level=0.95,
+                  extra_config={"algo": "reptile", "transductive": True}, extra_final={"transductive": True})
+    write_run(res, "omniglot-20w1s-maml", "maml", 0, level=0.8,
+              extra_config={"transductive": True}, extra_final={"transductive": True})
+    text = build_report(res, tmp_path / "out", progress=False).read_text()
+    table = text.split("## Paper tables")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    # columns: 5w1s, 5w5s, 20w1s, 20w5s
+    assert rows["Reptile"][1].startswith("90.") and "(2 seeds, **reduced**) / 98.9 +- 0.1" in rows["Reptile"][1]
+    assert rows["Reptile + transduction"][1].startswith("95.") and "99.48 +- 0.06" in rows["Reptile + transduction"][1]
+    assert rows["MAML + transduction"][2].startswith("80.") and "(1 seed, **reduced**)" in rows["MAML + transduction"][2]
+    assert rows["Reptile"][0].startswith("— / 95.39") and rows["FOMAML + transduction"][2].startswith("— / 89.4")
+    assert "reptile + transduction" in text  # its own method in the preset's section
+    assert "Table 1: no runs yet" in text
