@@ -85,6 +85,18 @@ def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if saved.get(k) != now[k]]
 
 
+def config_differences(path: Path, identity: dict[str, Any]) -> list[str] | None:
+    """`differences` between the run's config.json in `path` and `identity`: none when
+    there is no config.json, None when it is unreadable."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return []
+    try:
+        return differences(json.loads(config_file.read_text()), identity)
+    except ValueError:
+        return None
+
+
 def _refuse(path: Path, where: str, diffs: list[str]) -> BenchError:
     shown = ", ".join(diffs[:3]) + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
     return BenchError(f"cannot resume {path}: its {where} was made with other settings: {shown}; "
@@ -107,14 +119,11 @@ def resume_point(path: Path, identity: dict[str, Any], device: torch.device) -> 
     run's config.json or checkpoint comes from other settings than `identity` (the
     resolved settings plus algo, preset, seed, device and evaluation protocols), or when
     its metrics.csv no longer matches the checkpoint."""
-    config_file = path / "config.json"
-    if config_file.is_file():
-        try:
-            saved = json.loads(config_file.read_text())
-        except ValueError:
-            saved = {}
-        if diffs := differences(saved, identity):
-            raise _refuse(path, "config.json", diffs)
+    diffs = config_differences(path, identity)
+    if diffs is None:  # unreadable: nothing of it can be trusted
+        diffs = differences({}, identity)
+    if diffs:
+        raise _refuse(path, "config.json", diffs)
     file = path / CHECKPOINT
     if not file.is_file():
         return None

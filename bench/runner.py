@@ -100,6 +100,17 @@ def check_algorithm_settings(cfg: Config, algo: str) -> None:
                           "raise inner_steps or drop that term")
 
 
+def preflight(cfg: Config, algo: str, eval_protocol: str) -> list:
+    """The checks of a run's settings that need no file (the algorithm, the settings it
+    reads, ways and shots against the data's sizes, the evaluation protocols); returns
+    the (protocol, evaluation config) pairs, the shared or own one first."""
+    if algo not in ALGORITHMS:
+        raise _unknown("algorithm", algo, sorted(ALGORITHMS))
+    check_algorithm_settings(cfg, algo)
+    check_sizes(cfg)
+    return [(p, eval_config(cfg, p)) for p in protocols(eval_protocol, algo, cfg)]
+
+
 def run_identity(cfg: Config, *, algo: str, preset: str, seed: int, device: torch.device,
                  evals: list) -> dict[str, Any]:
     """What makes two runs the same run: every resolved setting, the algorithm, preset,
@@ -134,13 +145,8 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
     checkpoint_every: "N" meta-iterations, or "Ns"/"Nm" of meta-training time."""
     if force and resume:
         raise BenchError("--force and --resume exclude each other: --resume continues the run, --force starts it over")
-    if algo not in ALGORITHMS:
-        raise _unknown("algorithm", algo, sorted(ALGORITHMS))
+    evals = preflight(cfg, algo, eval_protocol)
     algorithm = ALGORITHMS[algo]
-    check_algorithm_settings(cfg, algo)
-    check_sizes(cfg)
-    evals = [(p, eval_config(cfg, p)) for p in protocols(eval_protocol, algo, cfg)]
-    primary, eval_cfg = evals[0]
     dev = resolve_device(device)
     clock = CheckpointClock(checkpoint_every)
     path = run_dir(Path(results), preset, run_method(algo, cfg, preset), seed)

@@ -23,7 +23,6 @@ the results folder at the same path (a shared file system).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -104,41 +103,25 @@ def check_jobs(jobs: list[Job], options: Options) -> None:
     """Every job's settings, and every run folder already there, checked before any job
     starts (reads only). Raises a one-line BenchError naming the job."""
     # Imported here: they import torch, and `python -m bench presets` stays instant.
-    from algorithms import ALGORITHMS
-
-    from .checkpoint import differences
-    from .config import _unknown
-    from .protocols import eval_config, protocols
-    from .runner import check_algorithm_settings, resolve_device, run_identity
-    from .tasks import check_sizes
+    from .checkpoint import config_differences
+    from .runner import preflight, resolve_device, run_identity
 
     device = resolve_device(options.device)
     seen: dict[Path, Job] = {}
     for job in jobs:
-        if job.algo not in ALGORITHMS:
-            raise _unknown("algorithm", job.algo, sorted(ALGORITHMS))
         cfg = load_config(job.preset, job.settings, algo=job.algo)
         try:
-            check_algorithm_settings(cfg, job.algo)
-            check_sizes(cfg)
-            evals = [(p, eval_config(cfg, p)) for p in protocols(options.eval_protocol, job.algo, cfg)]
+            evals = preflight(cfg, job.algo, options.eval_protocol)
         except BenchError as e:
             raise BenchError(f"{job.preset} {job.algo} seed {job.seed}: {e}") from None
         folder = job.folder(options.results)
         if folder in seen:
             raise BenchError(f"two jobs write {folder}: {seen[folder]} and {job}; remove one")
         seen[folder] = job
-        config_file = folder / "config.json"
-        if config_file.is_file():
-            try:
-                saved = json.loads(config_file.read_text())
-            except ValueError:
-                continue  # `run --resume` says what is wrong with it
-            identity = run_identity(cfg, algo=job.algo, preset=job.preset, seed=job.seed, device=device,
-                                    evals=evals)
-            if diffs := differences(saved, identity):
-                raise BenchError(f"{folder} holds a run made with other settings ({', '.join(diffs[:3])}): "
-                                 "sweep into another --results folder, or remove that run")
+        identity = run_identity(cfg, algo=job.algo, preset=job.preset, seed=job.seed, device=device, evals=evals)
+        if diffs := config_differences(folder, identity):  # unreadable (None): `run --resume` says why
+            raise BenchError(f"{folder} holds a run made with other settings ({', '.join(diffs[:3])}): "
+                             "sweep into another --results folder, or remove that run")
 
 
 def execute(argv: list[str], log: str, threads: int | None) -> dict[str, Any]:
