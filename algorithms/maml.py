@@ -12,7 +12,8 @@ weights and optimizer state each step started from, then walks back one step at 
 time, recomputing that step and pulling the cotangent through it with `torch.func.vjp`
 (reverse-mode accumulation with recomputation). Peak memory is one step's
 second-order graph plus one weight/state copy per step, for about one more inner
-step's compute per step. `meta_gradient_unrolled` differentiates the whole unrolled
+step's compute per step (the last step's graph is kept from the forward sweep, so
+with one inner step nothing is recomputed). `meta_gradient_unrolled` differentiates the whole unrolled
 loop instead: faster at a few steps, with memory that grows with every step. Both
 give the same meta-gradient; the run's `maml_memory` setting chooses, and `python -m
 bench memory` measures both side by side.
@@ -65,18 +66,28 @@ def meta_gradient(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: St
 def _recompute(loss, opt, params, state, xs, ys, qx, qy):
     starts, losses = [], []
     p, s = params, state
-    for i in range(xs.shape[0]):
+    last = xs.shape[0] - 1
+    for i in range(last):
         starts.append((p, s))
         (p, s), value = _inner_step(loss, opt, p, s, xs[i], ys[i])
         losses.append(value)
+    # The last step keeps its graph from the forward sweep: recomputing it would repeat the
+    # same operations on the same inputs (the same numbers), for nothing.
+    (p, s), pull, value = vjp(_step_fn(loss, opt, xs[last], ys[last]), p, s, has_aux=True)
+    losses.append(value)
     reached = s
     cot_p, query_loss = grad_and_value(loss)(p, qx, qy)
     cot_s = {k: torch.zeros_like(v) for k, v in s.items()}  # the query loss ignores the final state
-    for i in reversed(range(xs.shape[0])):
-        x, y = xs[i], ys[i]
-        _, pull, _ = vjp(lambda p_, s_: _inner_step(loss, opt, p_, s_, x, y), *starts[i], has_aux=True)
+    cot_p, cot_s = pull((cot_p, cot_s))
+    for i in reversed(range(last)):
+        _, pull, _ = vjp(_step_fn(loss, opt, xs[i], ys[i]), *starts[i], has_aux=True)
         cot_p, cot_s = pull((cot_p, cot_s))
     return cot_p, reached, torch.stack([*losses, query_loss])
+
+
+def _step_fn(loss: TaskLoss, opt: InnerOptimizer, x, y):
+    """The inner step on minibatch (x, y) as a function of (params, state) alone."""
+    return lambda p, s: _inner_step(loss, opt, p, s, x, y)
 
 
 def meta_gradient_unrolled(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: State,

@@ -7,6 +7,8 @@ algorithm for the meta-gradient, let the outer optimizer apply it with the
 linearly annealed step size, log, evaluate now and then, checkpoint now and then;
 finally evaluate on the test split and save. The run folder's state marker says
 running, finished or failed throughout; a non-finite loss stops the run.
+`run_seeds` does the same for several seeds, one after another or trained together
+(their computation batched over the runs).
 """
 
 from __future__ import annotations
@@ -76,12 +78,21 @@ def train_episodes(sampler, cfg: Config, algo: str) -> Episode:
     return sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps, cfg.inner_batch).shared_tail()
 
 
-def meta_iteration(algorithm, algo: str, loss, params, inner_state, sampler, meta_opt, cfg: Config):
-    """One meta-iteration: draw a meta-batch, compute the meta-gradient, let the outer
-    optimizer apply it to `params` (in place). Returns the algorithm's MetaStep."""
+def meta_step_fn(algorithm, loss, cfg: Config):
+    """compute(params, inner_state, episodes) -> MetaStep: the algorithm's computation for
+    one meta-batch with the run's settings, compiled by torch.compile when cfg.compile."""
+    def compute(params, inner_state, episodes):
+        with torch.no_grad():  # torch.func transforms inside still differentiate
+            return algorithm(loss, params, inner_state, episodes, cfg)
+    return torch.compile(compute, dynamic=False) if cfg.compile else compute
+
+
+def meta_iteration(compute, algo: str, params, inner_state, sampler, meta_opt, cfg: Config):
+    """One meta-iteration: draw a meta-batch, compute the meta-gradient (`compute` from
+    `meta_step_fn`), let the outer optimizer apply it to `params` (in place). Returns the
+    algorithm's MetaStep."""
     episodes = train_episodes(sampler, cfg, algo)
-    with torch.no_grad():  # torch.func transforms inside still differentiate
-        step = algorithm(loss, params, inner_state, episodes, cfg)
+    step = compute(params, inner_state, episodes)
     for k, p in params.items():
         p.grad = step.grad[k]
     meta_opt.step()
@@ -143,179 +154,380 @@ def run(cfg: Config, *, algo: str, preset: str, seed: int = 0, results: str | Pa
     resume: continue the run in that folder from its checkpoint (or return its
     final.json when it has finished; start it when there is none). force: start over.
     checkpoint_every: "N" meta-iterations, or "Ns"/"Nm" of meta-training time."""
+    return run_seeds(cfg, algo=algo, preset=preset, seeds=[seed], results=results, data=data, device=device,
+                     force=force, resume=resume, progress=progress, overrides=overrides,
+                     eval_protocol=eval_protocol, checkpoint_every=checkpoint_every)[0]
+
+
+def run_seeds(cfg: Config, *, algo: str, preset: str, seeds: list[int], batch_seeds: bool = False,
+              results: str | Path = "results", data: str | Path | None = None, device: str | None = None,
+              force: bool = False, resume: bool = False, progress: bool = True,
+              overrides: dict[str, Any] | None = None, eval_protocol: str = "shared",
+              checkpoint_every: str = "60s") -> list[dict[str, Any]]:
+    """`run` for each of `seeds` (each its own run folder); returns their final.json, in order.
+
+    batch_seeds: train the runs together, their parameters stacked on a leading dimension
+    and every meta-iteration's computation batched over them (torch.func.vmap), instead
+    of one after another. Each run keeps its own initialisation, episodes, outer
+    optimizer, checkpoints, metrics and evaluation, and its results equal those of the
+    run trained alone within float tolerance. Runs resumed from checkpoints at different
+    meta-iterations are trained in groups, one group per meta-iteration."""
     if force and resume:
         raise BenchError("--force and --resume exclude each other: --resume continues the run, --force starts it over")
+    if len(set(seeds)) != len(seeds):
+        raise BenchError(f"seeds {seeds} name a seed twice: name each once")
     evals = preflight(cfg, algo, eval_protocol)
-    algorithm = ALGORITHMS[algo]
     dev = resolve_device(device)
     clock = CheckpointClock(checkpoint_every)
-    path = run_dir(Path(results), preset, run_method(algo, cfg, preset), seed)
-    identity = run_identity(cfg, algo=algo, preset=preset, seed=seed, device=dev, evals=evals)
 
-    # Every check before the first write: a refused command leaves the folder as it was.
-    lock, ckpt, previous = RunLock(path), None, None
+    # Every check, for every run, before the first write: a refused command leaves every
+    # folder as it was.
+    prepared: list[_Prepared] = []
+    try:
+        for seed in seeds:
+            prepared.append(_prepare(cfg, algo, preset, seed, Path(results), dev, evals, force, resume))
+        for prep in prepared:
+            if prep.final is None:
+                check_writable(prep.path)
+        todo = [prep for prep in prepared if prep.final is None]
+        task_data = TaskData(cfg, dev, data, progress=progress) if todo else None
+    except BaseException:
+        for prep in prepared:
+            prep.lock.release()
+        raise
+
+    for prep in todo:
+        _start(prep, cfg, algo, preset, dev, overrides)
+    groups = ([[p for p in todo if p.start == step] for step in sorted({p.start for p in todo})] if batch_seeds
+              else [[p] for p in todo])
+    diverged: TrainingDiverged | None = None
+    for i, group in enumerate(groups):
+        try:
+            _train_group(group, cfg, algo, preset, dev, task_data, evals, clock, progress)
+        except TrainingDiverged as e:
+            diverged = diverged or e
+        except BaseException as e:
+            for rest in groups[i + 1:]:  # never started: they stay as they were (resumable)
+                for prep in rest:
+                    _fail(prep, e)
+            raise
+    if diverged is not None:
+        raise diverged
+    return [prep.final for prep in prepared]
+
+
+class _Prepared:
+    """One run folder, checked and (when it exists) locked, before anything is written."""
+
+    def __init__(self, seed: int, path: Path, identity: dict[str, Any]):
+        self.seed, self.path, self.identity = seed, path, identity
+        self.lock = RunLock(path)
+        self.ckpt: dict | None = None
+        self.previous: dict | None = None
+        self.final: dict | None = None  # final.json once finished
+        self.resumed: list[int] = []
+
+    @property
+    def start(self) -> int:
+        return self.ckpt["step"] if self.ckpt else 0
+
+
+def _prepare(cfg: Config, algo: str, preset: str, seed: int, results: Path, dev: torch.device, evals: list,
+             force: bool, resume: bool) -> _Prepared:
+    path = run_dir(results, preset, run_method(algo, cfg, preset), seed)
+    prep = _Prepared(seed, path, run_identity(cfg, algo=algo, preset=preset, seed=seed, device=dev, evals=evals))
     if has_run(path):
-        lock.acquire()  # refuses while another process writes this run
-        previous = read_state(path)
+        prep.lock.acquire()  # refuses while another process writes this run
+        prep.previous = read_state(path)
         if not (force or resume):
-            state = f" ({previous['state']})" if previous else ""
+            prep.lock.release()
+            state = f" ({prep.previous['state']})" if prep.previous else ""
             raise BenchError(f"a run already exists in {path}{state}: pass --resume to continue it, --force to "
                              "start it over, or choose another --seed/--results")
         if resume:
-            ckpt = resume_point(path, identity, dev)
-            if previous and previous["state"] == FINISHED and (path / "final.json").is_file():
-                lock.release()
+            try:
+                prep.ckpt = resume_point(path, prep.identity, dev)
+            except BaseException:
+                prep.lock.release()
+                raise
+            if prep.previous and prep.previous["state"] == FINISHED and (path / "final.json").is_file():
+                prep.lock.release()
                 print(f"{path} has already finished; nothing to do", file=sys.stderr)
-                return json.loads((path / "final.json").read_text())
-    check_writable(path)
-    task_data = TaskData(cfg, dev, data, progress=progress)
+                prep.final = json.loads((path / "final.json").read_text())
+    return prep
 
+
+def _start(prep: _Prepared, cfg: Config, algo: str, preset: str, dev: torch.device,
+           overrides: dict[str, Any] | None) -> None:
+    """The run folder's first writes: fresh files, or the resumed run's state marker."""
+    path = prep.path
     path.mkdir(parents=True, exist_ok=True)
-    lock.acquire()
+    prep.lock.acquire()
     clear_temporaries(path)
-    if ckpt is None:
+    if prep.ckpt is None:
         clear_run(path)
-        write_json(path / "config.json", {**identity, "algo_settings": (algo_settings(preset, algo)
-                                                                         if preset in available_presets() else {}),
-                                          "overrides": overrides or {}})
+        write_json(path / "config.json", {**prep.identity, "algo_settings": (
+            algo_settings(preset, algo) if preset in available_presets() else {}), "overrides": overrides or {}})
         write_json(path / "env.json", environment(dev))
-    resumed = [*(previous or {}).get("resumed_at", []), ckpt["step"]] if ckpt else []
-    write_state(path, RUNNING, step=ckpt["step"] if ckpt else 0, resumed_at=resumed)
-    try:
-        return _train_and_evaluate(cfg, algo, preset, seed, algorithm, path, dev, task_data, evals, ckpt,
-                                   clock, identity, resumed, progress)
-    except BaseException as e:
-        good = (read_state(path) or {}).get("step", 0)  # the last checkpoint's, which stays
-        write_state(path, FAILED, step=good, resumed_at=resumed, message=_failure(e))
-        raise
-    finally:
-        lock.release()
+    prep.resumed = [*(prep.previous or {}).get("resumed_at", []), prep.ckpt["step"]] if prep.ckpt else []
+    write_state(path, RUNNING, step=prep.start, resumed_at=prep.resumed)
 
 
-def _train_and_evaluate(cfg: Config, algo: str, preset: str, seed: int, algorithm, path: Path,
-                        dev: torch.device, task_data: TaskData, evals: list, ckpt: dict | None,
-                        clock: CheckpointClock, identity: dict[str, Any], resumed: list[int],
-                        progress: bool) -> dict[str, Any]:
-    """The run itself, from the start or from `ckpt`; writes metrics, checkpoints, final.json."""
-    primary, eval_cfg = evals[0]
-    torch.manual_seed(seed)
-    model = build_model(cfg).to(dev)
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    loss = task_loss(model, cfg)
-    meta_opt = (torch.optim.SGD if cfg.meta_optimizer == "sgd" else torch.optim.Adam)(
-        list(params.values()), lr=cfg.meta_lr)
-    inner_state = inner_optimizer(cfg).init(params)
-    train_sampler = task_data.sampler("train", "train", seed)
-    periodic = {s: task_data.sampler(s, "periodic", seed) for s in task_data.splits}
-    train_s = 0.0  # meta-training seconds, periodic evaluation excluded
-    start = 0
-    if ckpt is not None:
+def _fail(prep: _Prepared, e: BaseException) -> None:
+    """Mark the run failed (keeping its last checkpoint's step) and release its folder."""
+    good = (read_state(prep.path) or {}).get("step", 0)  # the last checkpoint's, which stays
+    write_state(prep.path, FAILED, step=good, resumed_at=prep.resumed, message=_failure(e))
+    prep.lock.release()
+
+
+def stacked_step_fn(algorithm, loss, cfg: Config):
+    """compute(params, inner_states, episodes) for several runs at once: lists with one
+    entry per run in, a list of MetaSteps out; the runs' tensors are stacked on a leading
+    dimension and the algorithm's computation is vmapped over it (compiled when
+    cfg.compile)."""
+    from torch.func import vmap
+
+    from algorithms.base import MetaStep
+
+    def one(params, inner_state, tensors):
+        step = algorithm(loss, params, inner_state, Episode(*tensors), cfg)
+        return step.grad, step.inner_state, step.logs
+
+    def together(params, inner_state, tensors):
         with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(ckpt["params"][k])
-        meta_opt.load_state_dict(ckpt["meta_optimizer"])
-        inner_state = {k: v.to(dev) for k, v in ckpt["inner_state"].items()}
-        set_rng_states(ckpt["rng"], train_sampler, periodic)
-        train_s, start = ckpt["train_seconds"], ckpt["step"]
-    metrics = MetricsWriter(path / "metrics.csv", resume_at=ckpt["metrics_bytes"] if ckpt else None)
-    snapshots = snapshot_steps(cfg)
-    # The first meta-iteration whose loss was not finite (0: none yet) and that loss; kept
-    # on the device and read only when the run checks it, so the loop never waits for it.
-    bad_step = torch.zeros((), dtype=torch.long, device=dev)
-    bad_loss = torch.zeros((), device=dev)
-    last_good = start
+            return vmap(one)(params, inner_state, tensors)
+    together = torch.compile(together, dynamic=False) if cfg.compile else together
 
-    def check_finite(done: int) -> None:
-        step_no = int(bad_step)
-        if not step_no and all(bool(torch.isfinite(p).all()) for p in params.values()):
+    def compute(params: list, inner_states: list, episodes: list) -> list:
+        stack = lambda dicts: {k: torch.stack([d[k] for d in dicts]) for k in dicts[0]}  # noqa: E731
+        tensors = tuple(torch.stack(ts) for ts in zip(*(e._tensors() for e in episodes)))
+        grads, states, logs = together(stack(params), stack(inner_states), tensors)
+        return [MetaStep(grad={k: v[i] for k, v in grads.items()}, inner_state={k: v[i] for k, v in states.items()},
+                         logs={k: v[i] for k, v in logs.items()}) for i in range(len(params))]
+    return compute
+
+
+class _Trainee:
+    """One run's training state inside a (possibly one-run) group: its weights, outer
+    optimizer, inner state, samplers, metrics, checkpoints and snapshots."""
+
+    def __init__(self, prep: _Prepared, cfg: Config, algo: str, preset: str, dev: torch.device,
+                 task_data: TaskData, evals: list):
+        self.prep, self.cfg, self.algo, self.preset, self.evals = prep, cfg, algo, preset, evals
+        self.path, self.seed, ckpt = prep.path, prep.seed, prep.ckpt
+        torch.manual_seed(self.seed)
+        self.model = build_model(cfg).to(dev)
+        self.params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        self.meta_opt = (torch.optim.SGD if cfg.meta_optimizer == "sgd" else torch.optim.Adam)(
+            list(self.params.values()), lr=cfg.meta_lr)
+        self.inner_state = inner_optimizer(cfg).init(self.params)
+        self.train_sampler = task_data.sampler("train", "train", self.seed)
+        self.periodic = {s: task_data.sampler(s, "periodic", self.seed) for s in task_data.splits}
+        self.task_data = task_data
+        self.train_s = 0.0  # meta-training seconds, periodic evaluation excluded
+        if ckpt is not None:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(ckpt["params"][k])
+            self.meta_opt.load_state_dict(ckpt["meta_optimizer"])
+            self.inner_state = {k: v.to(dev) for k, v in ckpt["inner_state"].items()}
+            set_rng_states(ckpt["rng"], self.train_sampler, self.periodic)
+            self.train_s = ckpt["train_seconds"]
+        self.metrics = MetricsWriter(self.path / "metrics.csv", resume_at=ckpt["metrics_bytes"] if ckpt else None)
+        self.snapshots = snapshot_steps(cfg)
+        # The first meta-iteration whose loss was not finite (0: none yet) and that loss; kept
+        # on the device and read only when the run checks it, so the loop never waits for it.
+        self.bad_step = torch.zeros((), dtype=torch.long, device=dev)
+        self.bad_loss = torch.zeros((), device=dev)
+        self.last_good = prep.start
+
+    def check_finite(self, done: int) -> None:
+        step_no = int(self.bad_step)
+        if not step_no and all(bool(torch.isfinite(p).all()) for p in self.params.values()):
             return
-        at = (f"the meta-training loss is {float(bad_loss)} at meta-iteration {step_no}" if step_no
+        at = (f"the meta-training loss is {float(self.bad_loss)} at meta-iteration {step_no}" if step_no
               else f"the weights are not finite after meta-iteration {done}")
-        raise TrainingDiverged(f"training diverged: {at}; the run in {path} is marked failed and keeps its last good "
-                               f"checkpoint (meta-iteration {last_good}); lower meta_lr or inner_lr and start it "
-                               "over with --force")
+        raise TrainingDiverged(f"training diverged: {at}; the run in {self.path} is marked failed and keeps its last "
+                               f"good checkpoint (meta-iteration {self.last_good}); lower meta_lr or inner_lr and "
+                               "start it over with --force")
 
-    def snapshot(done: int) -> None:
-        if done in snapshots:
-            check_finite(done)
-            (path / "snapshots").mkdir(exist_ok=True)
-            save_checkpoint(path / "snapshots" / f"step{done}.pt", {
-                "params": params, "inner_state": inner_state, "step": done, "algo": algo, "preset": preset})
+    def snapshot(self, done: int) -> None:
+        if done in self.snapshots:
+            self.check_finite(done)
+            (self.path / "snapshots").mkdir(exist_ok=True)
+            save_checkpoint(self.path / "snapshots" / f"step{done}.pt", {
+                "params": self.params, "inner_state": self.inner_state, "step": done, "algo": self.algo,
+                "preset": self.preset})
 
-    def checkpoint(done: int) -> None:
-        nonlocal last_good
-        check_finite(done)
-        metrics.sync()
-        save_checkpoint(path / CHECKPOINT, {
-            "params": params, "inner_state": inner_state, "meta_optimizer": meta_opt.state_dict(),
-            "config": cfg.to_dict(), "algo": algo, "preset": preset, "seed": seed, "step": done,
-            "format": FORMAT, "run": identity, "rng": rng_states(train_sampler, periodic),
-            "train_seconds": train_s, "metrics_bytes": metrics.offset})
-        write_state(path, RUNNING, step=done, resumed_at=resumed)
-        last_good = done
-        clock.reset()
+    def checkpoint(self, done: int) -> None:
+        self.check_finite(done)
+        self.metrics.sync()
+        save_checkpoint(self.path / CHECKPOINT, {
+            "params": self.params, "inner_state": self.inner_state, "meta_optimizer": self.meta_opt.state_dict(),
+            "config": self.cfg.to_dict(), "algo": self.algo, "preset": self.preset, "seed": self.seed,
+            "step": done, "format": FORMAT, "run": self.prep.identity,
+            "rng": rng_states(self.train_sampler, self.periodic), "train_seconds": self.train_s,
+            "metrics_bytes": self.metrics.offset})
+        write_state(self.path, RUNNING, step=done, resumed_at=self.prep.resumed)
+        self.last_good = done
 
-    if start == 0:
-        snapshot(0)
-    bar = tqdm(total=cfg.meta_iters, initial=start, unit="it", disable=not progress, dynamic_ncols=True,
-               desc=f"{algo} {preset} seed{seed}", mininterval=1.0)
+    def set_lr(self, lr: float) -> None:
+        for group in self.meta_opt.param_groups:
+            group["lr"] = lr
+
+    def apply(self, step, done: int) -> None:
+        """Let the outer optimizer apply the meta-step; track a non-finite loss on the device."""
+        for k, p in self.params.items():
+            p.grad = step.grad[k]
+        self.meta_opt.step()
+        self.inner_state = step.inner_state
+        new_bad = (self.bad_step == 0) & ~torch.isfinite(step.logs["loss"])
+        self.bad_step = torch.where(new_bad, done, self.bad_step)
+        self.bad_loss = torch.where(new_bad, step.logs["loss"].detach(), self.bad_loss)
+
+    def log(self, step, done: int, lr: float) -> dict[str, float]:
+        # Scalars are read only when logged: the one host sync, which also makes the
+        # clock include the work queued on a GPU.
+        logs = {k: float(v) for k, v in step.logs.items()}
+        self.check_finite(done)
+        for name, value in logs.items():
+            self.metrics.write(done, self.train_s, "train", name, value)
+        self.metrics.write(done, self.train_s, "train", "meta_lr", lr)
+        return logs
+
+    def periodic_evaluation(self, done: int) -> None:
+        eval_cfg = self.evals[0][1]
+        for split, sampler in self.periodic.items():
+            r = evaluate(self.model, self.params, self.inner_state, sampler, eval_cfg, self.cfg.eval_every_tasks)
+            self.metrics.write(done, self.train_s, split, r.metric, r.value)
+
+    def finish(self, together: int) -> dict[str, Any]:
+        """The final evaluation on the test split, final.json and the finished marker."""
+        cfg, (primary, eval_cfg), evals = self.cfg, self.evals[0], self.evals
+        try:
+            t0 = time.perf_counter()
+            results_by_protocol = []
+            for _, pcfg in evals:  # every protocol scores the same test tasks (the same sampler seed)
+                if results_by_protocol and pcfg == eval_cfg:  # the own protocol is the shared one: same numbers
+                    results_by_protocol.append(results_by_protocol[0])
+                    continue
+                final_sampler = self.task_data.sampler("test", "final", self.seed)
+                results_by_protocol.append(evaluate(self.model, self.params, self.inner_state, final_sampler, pcfg,
+                                                    cfg.eval_tasks))
+            eval_s = time.perf_counter() - t0
+            result = results_by_protocol[0]
+            self.metrics.write(cfg.meta_iters, self.train_s, "test", result.metric, result.value)
+        finally:
+            self.metrics.close()
+        final = {**result.summary(), "split": "test", "transductive": eval_cfg.transductive,
+                 "eval_protocol": primary.name,
+                 "own_protocol": ({**results_by_protocol[1].summary(), "name": evals[1][0].name,
+                                   "transductive": evals[1][1].transductive} if len(evals) > 1 else None),
+                 "algo": self.algo, "preset": self.preset, "seed": self.seed, "meta_iters": cfg.meta_iters,
+                 "train_seconds": round(self.train_s, 3), "eval_seconds": round(eval_s, 3),
+                 "ms_per_meta_iter": round(1000 * self.train_s / cfg.meta_iters, 3), "seeds_together": together}
+        if cfg.task == "sine":  # the Reptile example's figure, for the report
+            write_csv(self.path / "sine_predictions.csv", sine_predictions(
+                self.model, self.params, self.inner_state, self.task_data.sampler("test", "final", self.seed),
+                eval_cfg))
+        write_json(self.path / "final.json", final)
+        write_state(self.path, FINISHED, step=cfg.meta_iters, resumed_at=self.prep.resumed)
+        return final
+
+
+def _train_group(group: list[_Prepared], cfg: Config, algo: str, preset: str, dev: torch.device,
+                 task_data: TaskData, evals: list, clock: CheckpointClock, progress: bool) -> None:
+    """Train the runs of `group` (all at the same meta-iteration) together, then evaluate
+    each; sets each one's `final`. A run that diverges is marked failed and leaves the
+    group, the others go on; the first divergence is raised at the end. Any other error
+    marks every unfinished run of the group failed."""
+    trainees: list[_Trainee] = []
+    pending = list(group)  # the runs not yet finished or failed
+    diverged: TrainingDiverged | None = None
+
+    def drop(t: _Trainee, e: TrainingDiverged) -> None:
+        nonlocal diverged
+        diverged = diverged or e
+        t.metrics.close()
+        _fail(t.prep, e)
+        trainees.remove(t)
+        pending.remove(t.prep)
+
+    def each(fn, *args) -> None:  # fn(trainee, *args) for every trainee; divergence drops one
+        for t in list(trainees):
+            try:
+                fn(t, *args)
+            except TrainingDiverged as e:
+                drop(t, e)
+
+    start = group[0].start
+    algorithm = ALGORITHMS[algo]
+    seeds = ",".join(str(p.seed) for p in group)
+    bar = None
     try:
+        for prep in group:
+            trainees.append(_Trainee(prep, cfg, algo, preset, dev, task_data, evals))
+        together = len(trainees)
+        loss = task_loss(trainees[0].model, cfg)  # the same network (and loss) for every seed
+        compute = meta_step_fn(algorithm, loss, cfg) if together == 1 else stacked_step_fn(algorithm, loss, cfg)
+        if start == 0:
+            each(_Trainee.snapshot, 0)
+        bar = tqdm(total=cfg.meta_iters, initial=start, unit="it", disable=not progress, dynamic_ncols=True,
+                   desc=f"{algo} {preset} seed{'s' if together > 1 else ''}{seeds}", mininterval=1.0)
         for it in range(start, cfg.meta_iters):
+            if not trainees:
+                break
             t0 = time.perf_counter()
             lr = meta_lr_at(cfg, it)
-            for group in meta_opt.param_groups:
-                group["lr"] = lr
-            step = meta_iteration(algorithm, algo, loss, params, inner_state, train_sampler, meta_opt, cfg)
-            inner_state = step.inner_state
             done = it + 1
-            new_bad = (bad_step == 0) & ~torch.isfinite(step.logs["loss"])
-            bad_step = torch.where(new_bad, done, bad_step)
-            bad_loss = torch.where(new_bad, step.logs["loss"].detach(), bad_loss)
+            for t in trainees:
+                t.set_lr(lr)
+            episodes = [train_episodes(t.train_sampler, cfg, algo) for t in trainees]
+            if together == 1:
+                steps = [compute(trainees[0].params, trainees[0].inner_state, episodes[0])]
+            else:
+                steps = compute([t.params for t in trainees], [t.inner_state for t in trainees], episodes)
+            for t, step in zip(trainees, steps):
+                t.apply(step, done)
             logged = done % cfg.log_every == 0 or done == cfg.meta_iters
-            # Scalars are read only when logged: the one host sync, which also makes the
-            # clock include the work queued on a GPU.
-            logs = {k: float(v) for k, v in step.logs.items()} if logged else {}
-            train_s += time.perf_counter() - t0
             if logged:
-                check_finite(done)
-                for name, value in logs.items():
-                    metrics.write(done, train_s, "train", name, value)
-                metrics.write(done, train_s, "train", "meta_lr", lr)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+                for s in steps:  # the host sync, before the clock stops
+                    float(s.logs["loss"])
+            seconds = time.perf_counter() - t0
+            for t in trainees:
+                t.train_s += seconds
+            if logged:
+                shown = {}
+
+                def log(t, step):
+                    shown.update(t.log(step, done, lr))
+                for t, step in list(zip(trainees, steps)):
+                    try:
+                        log(t, step)
+                    except TrainingDiverged as e:
+                        drop(t, e)
+                if shown:
+                    bar.set_postfix(loss=f"{shown['loss']:.4f}", refresh=False)
             bar.update(1)
-            snapshot(done)
+            each(_Trainee.snapshot, done)
             if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.meta_iters:
-                for split, sampler in periodic.items():
-                    r = evaluate(model, params, inner_state, sampler, eval_cfg, cfg.eval_every_tasks)
-                    metrics.write(done, train_s, split, r.metric, r.value)
+                each(_Trainee.periodic_evaluation, done)
             if done == cfg.meta_iters or clock.due(done):
-                checkpoint(done)
-
-        t0 = time.perf_counter()
-        results_by_protocol = []
-        for _, pcfg in evals:  # every protocol scores the same test tasks (the same sampler seed)
-            if results_by_protocol and pcfg == eval_cfg:  # the own protocol is the shared one: same numbers
-                results_by_protocol.append(results_by_protocol[0])
-                continue
-            final_sampler = task_data.sampler("test", "final", seed)
-            results_by_protocol.append(evaluate(model, params, inner_state, final_sampler, pcfg, cfg.eval_tasks))
-        eval_s = time.perf_counter() - t0
-        result = results_by_protocol[0]
-        metrics.write(cfg.meta_iters, train_s, "test", result.metric, result.value)
+                each(_Trainee.checkpoint, done)
+                clock.reset()
+        for t in list(trainees):
+            t.prep.final = t.finish(together)
+            t.prep.lock.release()
+            trainees.remove(t)
+            pending.remove(t.prep)
+    except BaseException as e:
+        for t in trainees:
+            t.metrics.close()
+        for prep in pending:
+            _fail(prep, e)
+        raise
     finally:
-        bar.close()
-        metrics.close()
-
-    final = {**result.summary(), "split": "test", "transductive": eval_cfg.transductive,
-             "eval_protocol": primary.name,
-             "own_protocol": ({**results_by_protocol[1].summary(), "name": evals[1][0].name,
-                               "transductive": evals[1][1].transductive} if len(evals) > 1 else None),
-             "algo": algo, "preset": preset, "seed": seed, "meta_iters": cfg.meta_iters,
-             "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
-             "ms_per_meta_iter": round(1000 * train_s / cfg.meta_iters, 3)}
-    if cfg.task == "sine":  # the Reptile example's figure, for the report
-        write_csv(path / "sine_predictions.csv", sine_predictions(
-            model, params, inner_state, task_data.sampler("test", "final", seed), eval_cfg))
-    write_json(path / "final.json", final)
-    write_state(path, FINISHED, step=cfg.meta_iters, resumed_at=resumed)
-    return final
+        if bar is not None:
+            bar.close()
+    if diverged is not None:
+        raise diverged

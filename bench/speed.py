@@ -9,6 +9,13 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
 - `batched` and `serial`: the suite's own meta-iteration (`bench.runner.meta_iteration`:
   draw the meta-batch, the algorithm's meta-gradient, the outer step), with the tasks of
   the meta-batch under `torch.func.vmap` or one after another;
+- `compiled`: the preset's own path (batched or serial) with `compile = true`
+  (torch.compile); by default only for `sine`, for every case with `--compiled` (the
+  CNNs' meta-iteration takes minutes to compile on the CPU); `first_call_s` shows the
+  compilation;
+- `seeds`: SEEDS (5) runs of the preset's own path trained together (`run --seeds 0-4
+  --batch-seeds`: the runs stacked on a leading dimension under vmap); its time is per
+  run, the group's divided by 5, and its peak memory the group's;
 - `naive`: the same maths written as public meta-learning code usually is
   (`bench.naive`: a deepcopy and an optimizer per task, plain autograd, a loop over the
   tasks); for `sine`, the public example's own loop, its NumPy task sampling included;
@@ -55,11 +62,14 @@ ALGOS = ("reptile", "fomaml", "maml", "joint")
 PRESETS = {"reptile": ("omniglot-5w1s", "sine"), "fomaml": ("omniglot-5w1s-maml",),
            "maml": ("omniglot-5w1s-maml",), "joint": ("omniglot-5w1s",)}
 """Each algorithm's paper settings (and the sine example for Reptile)."""
-IMPLEMENTATIONS = ("batched", "serial", "naive", "learn2learn")
+IMPLEMENTATIONS = ("batched", "serial", "compiled", "seeds", "naive", "learn2learn")
+SEEDS = 5
+"""Runs trained together in the `seeds` row (its time is per run: the group's divided by SEEDS)."""
 SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "tail", "inner_optimizer",
             "inner_lr", "inner_steps", "inner_batch", "inner_state", "meta_batch", "meta_optimizer", "meta_lr")
 COLUMNS = ("algo", "implementation", "device", *SETTINGS, "threads", "torch", "timed_iters",
-           "ms_per_meta_iter", "peak_mem_mb", "speedup_vs_naive", "speedup_vs_learn2learn")
+           "ms_per_meta_iter", "first_call_s", "peak_mem_mb", "speedup_vs_naive",
+           "speedup_vs_learn2learn")
 FULL = {"warmup": 2, "rounds": 8, "budget_s": 60.0}
 QUICK = {"warmup": 1, "rounds": 2, "budget_s": None}
 MIN_ROUNDS = 3  # the budget stops the rounds after this many at the earliest
@@ -73,10 +83,21 @@ def cases(algos: list[str]) -> list[Case]:
     return [(a, p) for a in algos for p in PRESETS[a]]
 
 
-def implementations(algo: str, learn2learn: bool) -> list[str]:
+COMPILED_BY_DEFAULT = ("sine",)
+"""The presets whose `compiled` row runs without --compiled: compiling the CNNs' meta-iteration
+takes minutes on the CPU, the sine MLP's about half a minute."""
+
+
+def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool = False) -> list[str]:
     from .peers import LEARN2LEARN_ALGOS
 
-    return [i for i in IMPLEMENTATIONS if i != "learn2learn" or (learn2learn and algo in LEARN2LEARN_ALGOS)]
+    def wanted(impl: str) -> bool:
+        if impl == "learn2learn":
+            return learn2learn and algo in LEARN2LEARN_ALGOS
+        if impl == "compiled":
+            return compiled or preset in COMPILED_BY_DEFAULT
+        return True
+    return [i for i in IMPLEMENTATIONS if wanted(i)]
 
 
 def _config(algo: str, preset: str):
@@ -88,15 +109,16 @@ def _config(algo: str, preset: str):
     return cfg
 
 
-def _sampler(cfg, device):
-    """Episodes of random data of the task's shape on the device, seed 0: for Omniglot a
-    pool of 64 classes of 20 random binary 28x28 drawings (as many as the real ones)."""
+def _sampler(cfg, device, seed: int = 0):
+    """Episodes of random data of the task's shape on the device: for Omniglot a pool of
+    64 classes of 20 random binary 28x28 drawings (as many as the real ones, seed 0);
+    `seed` seeds the episodes."""
     import numpy as np
     import torch
 
     from .episodes import ClassSampler, SineSampler
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     if cfg.task == "sine":
         return SineSampler(device, rng)
     pool = torch.randint(0, 2, (64, 20, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -117,7 +139,7 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
 
     from . import naive
     from .models import build_model, task_loss
-    from .runner import meta_iteration, train_episodes
+    from .runner import meta_iteration, meta_step_fn, train_episodes
 
     cfg = _config(algo, preset)
     if impl == "naive" and cfg.task == "sine":  # the public example's own loop, its own sampling
@@ -129,15 +151,37 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
 
-    if impl in ("batched", "serial"):
-        cfg = cfg.replace(batched=impl == "batched")
+    if impl == "seeds":  # SEEDS runs of the preset's own path trained together (run --batch-seeds)
+        from .runner import stacked_step_fn
+
+        samplers = [sampler] + [_sampler(cfg, device, seed) for seed in range(1, SEEDS)]
+        runs = []
+        for seed in range(SEEDS):
+            torch.manual_seed(seed)
+            params = {k: v.detach().clone() for k, v in build_model(cfg).to(device).named_parameters()}
+            runs.append({"params": params, "opt": _outer_optimizer(cfg, list(params.values())),
+                         "state": inner_optimizer(cfg).init(params)})
+        compute = stacked_step_fn(ALGORITHMS[algo], task_loss(model, cfg), cfg)
+
+        def together():
+            steps = compute([r["params"] for r in runs], [r["state"] for r in runs],
+                            [train_episodes(s, cfg, algo) for s in samplers])
+            for r, step in zip(runs, steps):
+                for k, p in r["params"].items():
+                    p.grad = step.grad[k]
+                r["opt"].step()
+                r["state"] = step.inner_state
+        return together
+
+    if impl in ("batched", "serial", "compiled"):  # compiled: the preset's own path, torch.compile'd
+        cfg = cfg.replace(batched=impl == "batched") if impl != "compiled" else cfg.replace(compile=True)
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
-        loss, algorithm = task_loss(model, cfg), ALGORITHMS[algo]
+        compute = meta_step_fn(ALGORITHMS[algo], task_loss(model, cfg), cfg)
         opt = _outer_optimizer(cfg, list(params.values()))
         box = {"state": inner_optimizer(cfg).init(params)}
 
         def suite():
-            step = meta_iteration(algorithm, algo, loss, params, box["state"], sampler, opt, cfg)
+            step = meta_iteration(compute, algo, params, box["state"], sampler, opt, cfg)
             box["state"] = step.inner_state
         return suite
 
@@ -170,18 +214,21 @@ def _synced(fn: Callable[[], None], device) -> Callable[[], None]:
     return run
 
 
-def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = None) -> tuple[dict, dict, int]:
+def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = None
+             ) -> tuple[dict, dict, int, dict]:
     """Median seconds per meta-iteration of every (algo, preset, impl), timed round-robin,
-    the number of timed meta-iterations of each, and the rounds run: `rounds`, or fewer
-    (MIN_ROUNDS at least) once the rounds have taken `budget_s` (a slow or busy machine).
-    All implementations of a case run the same number of meta-iterations (so they see the
-    same episodes)."""
+    the number of timed meta-iterations of each, the rounds run (`rounds`, or fewer,
+    MIN_ROUNDS at least, once the rounds have taken `budget_s`: a slow or busy machine),
+    and the seconds of each one's first call (compilation included). All implementations
+    of a case run the same number of meta-iterations (so they see the same episodes)."""
     last: dict = {}
-    for key, fn in combos.items():  # first-call costs: allocations, kernel selection, thread pools
-        for _ in range(warmup):
+    first: dict = {}
+    for key, fn in combos.items():  # first-call costs: compilation, allocations, kernel selection
+        for _ in range(max(warmup, 1)):
             t0 = time.perf_counter()
             fn()
             last[key] = time.perf_counter() - t0
+            first.setdefault(key, last[key])
     reps = {}
     for key in combos:
         slowest = max(t for k, t in last.items() if k[:2] == key[:2])
@@ -196,7 +243,8 @@ def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = No
                 fn()
                 times[key].append(time.perf_counter() - t0)
         done += 1
-    return {k: statistics.median(ts) for k, ts in times.items()}, {k: len(ts) for k, ts in times.items()}, done
+    return ({k: statistics.median(ts) for k, ts in times.items()}, {k: len(ts) for k, ts in times.items()}, done,
+            first)
 
 
 # Peak memory -------------------------------------------------------------------------
@@ -264,7 +312,7 @@ def cuda_peak(fn: Callable[[], None], device) -> float:
 # The table ---------------------------------------------------------------------------
 
 def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None = None,
-            threads: int | None = None) -> tuple[list[dict], dict]:
+            threads: int | None = None, compiled: bool = False) -> tuple[list[dict], dict]:
     """Every case and implementation of `algos`, timed and measured; returns the CSV rows
     and what the run did: `warmup`, `rounds` and learn2learn's version (None when it is
     not installed). `rounds` replaces the default (or --quick's) and its time budget."""
@@ -276,28 +324,28 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
     if rounds is not None:
         plan.update(rounds=rounds, budget_s=None)
     l2l = learn2learn_version()
-    keys = [(a, p, i) for a, p in cases(algos) for i in implementations(a, l2l is not None)]
+    keys = [(a, p, i) for a, p in cases(algos) for i in implementations(a, p, l2l is not None, compiled)]
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     try:
         combos = {k: _synced(build(*k, device), device) for k in keys}
-        ms, counts, done = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
+        ms, counts, done, first = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
         peaks = {k: cuda_peak(fn, device) if device.type == "cuda" else cpu_peak(fn) for k, fn in combos.items()}
     finally:
         torch.set_num_threads(previous)  # called in-process (tests), the setting stays the caller's
 
     rows = []
     for algo, preset, impl in keys:
-        cfg, t = _config(algo, preset), ms[(algo, preset, impl)]
+        cfg, t = _config(algo, preset), ms[(algo, preset, impl)] / (SEEDS if impl == "seeds" else 1)
         naive_t, l2l_t = ms.get((algo, preset, "naive")), ms.get((algo, preset, "learn2learn"))
         peak = peaks.get((algo, preset, impl))
         rows.append({
             "algo": algo, "implementation": impl, "device": device.type,
             **{s: getattr(cfg, s) for s in SETTINGS if s != "preset"}, "preset": preset,
             "threads": threads, "torch": torch.__version__, "timed_iters": counts[(algo, preset, impl)],
-            "ms_per_meta_iter": round(1000 * t, 3),
+            "ms_per_meta_iter": round(1000 * t, 3), "first_call_s": round(first[(algo, preset, impl)], 3),
             "peak_mem_mb": "" if peak is None else round(peak, 1),
             "speedup_vs_naive": "" if naive_t is None else round(naive_t / t, 2),
             "speedup_vs_learn2learn": "" if l2l_t is None else round(l2l_t / t, 2)})
@@ -334,6 +382,9 @@ def add_parser(sub) -> None:
     s.add_argument("--rounds", type=int, default=None,
                    help="timed rounds, exactly (replaces the default's or --quick's)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    s.add_argument("--compiled", action="store_true",
+                   help="a `compiled` row (torch.compile) for every case; by default only for "
+                        f"{', '.join(COMPILED_BY_DEFAULT)} (the CNNs take minutes to compile on the CPU)")
     s.add_argument("--out", default=None, help="CSV to write (default: results/speed/<device>.csv)")
 
 
@@ -365,7 +416,8 @@ def main_speed(args) -> int:
         raise ConfigError("--threads must be 1 or more")
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else Path("results") / "speed" / f"{device.type}.csv"
-    rows, run = measure(algos, device, quick=args.quick, rounds=args.rounds, threads=args.threads)
+    rows, run = measure(algos, device, quick=args.quick, rounds=args.rounds, threads=args.threads,
+                        compiled=args.compiled)
     print(f"{device.type}, torch {torch.__version__}, {rows[0]['threads']} threads; median time per "
           f"meta-iteration over {run['rounds']} round-robin rounds after {run['warmup']} warm-up; peak memory: "
           + ("CUDA max_memory_allocated during one meta-iteration" if device.type == "cuda" else

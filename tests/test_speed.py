@@ -23,8 +23,8 @@ from bench.runner import train_episodes
 CPU = torch.device("cpu")
 COLUMNS = ["algo", "implementation", "device", "preset", "task", "ways", "shots", "train_shots", "query_shots",
            "tail", "inner_optimizer", "inner_lr", "inner_steps", "inner_batch", "inner_state", "meta_batch",
-           "meta_optimizer", "meta_lr", "threads", "torch", "timed_iters", "ms_per_meta_iter", "peak_mem_mb",
-           "speedup_vs_naive", "speedup_vs_learn2learn"]
+           "meta_optimizer", "meta_lr", "threads", "torch", "timed_iters", "ms_per_meta_iter", "first_call_s",
+           "peak_mem_mb", "speedup_vs_naive", "speedup_vs_learn2learn"]
 
 
 @pytest.fixture(autouse=True)
@@ -153,15 +153,15 @@ def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
     expected = [(a, p, i) for a, p in [("reptile", "omniglot-5w1s"), ("reptile", "sine"),
                                        ("fomaml", "omniglot-5w1s-maml"), ("maml", "omniglot-5w1s-maml"),
                                        ("joint", "omniglot-5w1s")]
-                for i in ["batched", "serial", "naive", "learn2learn"]
-                if i != "learn2learn" or (l2l and a in ("maml", "fomaml"))]
+                for i in ["batched", "serial", "compiled", "seeds", "naive", "learn2learn"]
+                if (i != "learn2learn" or (l2l and a in ("maml", "fomaml"))) and (i != "compiled" or p == "sine")]
     assert [(r["algo"], r["preset"], r["implementation"]) for r in rows] == expected
     assert ("learn2learn not installed (scripts/install_learn2learn.sh)" in printed) == (l2l is None)
     ms = {(r["algo"], r["preset"], r["implementation"]): float(r["ms_per_meta_iter"]) for r in rows}
     for r in rows:
         case = (r["algo"], r["preset"])
         assert r["device"] == "cpu" and r["threads"] == "1" and float(r["ms_per_meta_iter"]) > 0
-        assert float(r["peak_mem_mb"]) >= 0
+        assert float(r["peak_mem_mb"]) >= 0 and float(r["first_call_s"]) > 0
         assert float(r["speedup_vs_naive"]) == pytest.approx(ms[(*case, "naive")] / ms[(*case, r["implementation"])],
                                                              rel=0.01, abs=0.01)
         if (*case, "learn2learn") in ms:
@@ -183,7 +183,7 @@ def test_speed_writes_results_speed_device_csv_by_default(tmp_path, monkeypatch,
     assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu"]) == 0
     assert torch.get_num_threads() == 2  # --threads is the run's, not the caller's
     header, rows = read(tmp_path / "results" / "speed" / "cpu.csv")
-    assert header == COLUMNS and [r["implementation"] for r in rows] == ["batched", "serial", "naive"]
+    assert header == COLUMNS and [r["implementation"] for r in rows] == ["batched", "serial", "seeds", "naive"]
     assert "wrote results/speed/cpu.csv" in capsys.readouterr().out
 
 
@@ -197,7 +197,8 @@ def test_rounds_stop_at_the_budget_and_every_implementation_of_a_case_runs_as_of
         return fn
 
     combos = {("x", "p", "a"): work("a", 0.001), ("x", "p", "b"): work("b", 0.004), ("y", "p", "c"): work("c", 0.06)}
-    ms, counts, done = speed.time_all(combos, warmup=1, rounds=5)
+    ms, counts, done, first = speed.time_all(combos, warmup=1, rounds=5)
+    assert first[("y", "p", "c")] >= 0.06
     # ceil(0.05 s / the case's slowest meta-iteration) per round, so the same for a and b
     assert done == 5 and counts[("x", "p", "a")] == counts[("x", "p", "b")] > 5 and counts[("y", "p", "c")] == 5
     assert calls == {"a": counts[("x", "p", "a")] + 1, "b": counts[("x", "p", "b")] + 1, "c": 6}

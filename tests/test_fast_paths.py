@@ -1,0 +1,132 @@
+"""The speed settings against the plain path: runs trained together (`--seeds ...
+--batch-seeds`) against the same runs trained one by one, and `compile = true` against
+the plain computation. Both must give the same results within float tolerance."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from bench.cli import main
+
+SINE = ["--preset", "sine", "--set", "meta_iters=120", "--set", "eval_tasks=50", "--set", "eval_every=40",
+        "--set", "eval_every_tasks=20", "--set", "log_every=20", "--set", "snapshots=2"]
+# Omniglot: the Reptile preset (serial path, the inner Adam state carried from task to
+# task) and the MAML preset (batched over tasks, second order), a few meta-iterations.
+OMNIGLOT = ["--set", "meta_iters=4", "--set", "meta_batch=3", "--set", "eval_tasks=10", "--set", "eval_steps=2",
+            "--set", "log_every=1", "--set", "eval_every=0", "--set", "snapshots=0"]
+BEFORE_NORM = {f"{i}.bias" for i in (0, 3, 6, 9)}
+"""The conv biases before batch norm: their gradient is exactly 0 in exact arithmetic, and
+Adam turns its float rounding noise (different for any two implementations) into steps of
+inner_lr; batch norm subtracts them again, so they never change what the network computes."""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def run(capsys, algo, results, *args):
+    assert main(["run", "--algo", algo, "--device", "cpu", "--no-progress", "--results", str(results),
+                 "--checkpoint-every", "1", *args]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def metrics(path):
+    with open(path / "metrics.csv") as f:
+        return [(r["step"], r["split"], r["metric"], float(r["value"])) for r in csv.DictReader(f)]
+
+
+def assert_same_metrics(a, b, rel, eval_rel=1e-2):
+    """Training rows within `rel`; evaluation rows within `eval_rel`: fine-tuning at test
+    (the sine preset's 32 SGD steps on a few points of a steep wave) can turn weights that
+    agree to 1e-7 into MSEs that differ in the third digit on a few tasks."""
+    assert [r[:3] for r in a] == [r[:3] for r in b]
+    for x, y in zip(a, b):
+        tol = rel if x[1] == "train" else eval_rel
+        assert x[3] == pytest.approx(y[3], rel=tol, abs=tol), x
+
+
+def params(path, skip=()):
+    ckpt = torch.load(path / "checkpoint.pt", weights_only=True)
+    return {k: v for k, v in ckpt["params"].items() if k not in skip}
+
+
+def assert_close(a, b, atol):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def test_seeds_trained_together_equal_the_seeds_trained_one_by_one(tmp_path, capsys):
+    together = run(capsys, "reptile", tmp_path / "together", *SINE, "--seeds", "0-2", "--batch-seeds")
+    alone = run(capsys, "reptile", tmp_path / "alone", *SINE, "--seeds", "0-2")
+    assert [f["seed"] for f in together] == [f["seed"] for f in alone] == [0, 1, 2]
+    assert [f["seeds_together"] for f in together] == [3, 3, 3] and [f["seeds_together"] for f in alone] == [1, 1, 1]
+    for seed, a, b in zip(range(3), together, alone):
+        ra, rb = (tmp_path / where / "sine" / "reptile" / f"seed{seed}" for where in ("together", "alone"))
+        assert a["value"] == pytest.approx(b["value"], rel=1e-2)
+        assert_same_metrics(metrics(ra), metrics(rb), rel=1e-4)
+        assert_close(params(ra), params(rb), atol=1e-5)
+        for snap in sorted((rb / "snapshots").iterdir()):
+            assert_close(torch.load(ra / "snapshots" / snap.name, weights_only=True)["params"],
+                         torch.load(snap, weights_only=True)["params"], atol=1e-5)
+        # the same run: the same config.json, so either way resumes the other
+        assert json.loads((ra / "config.json").read_text()) == json.loads((rb / "config.json").read_text())
+        assert json.loads((ra / "state.json").read_text())["state"] == "finished"
+    # the seeds really differ (a batch of one seed copied three times would pass the above)
+    assert len({round(f["value"], 6) for f in together}) == 3
+
+
+@pytest.mark.parametrize("algo, preset", [("reptile", "omniglot-5w1s"), ("maml", "omniglot-5w1s-maml")])
+def test_omniglot_seeds_trained_together_equal_one_by_one(tmp_path, capsys, omniglot_data, algo, preset):
+    args = ["--preset", preset, "--data", str(omniglot_data), *OMNIGLOT]
+    run(capsys, algo, tmp_path / "together", *args, "--seeds", "0,1", "--batch-seeds")
+    run(capsys, algo, tmp_path / "alone", *args, "--seeds", "0,1")
+    for seed in (0, 1):
+        ra, rb = (tmp_path / where / preset / algo / f"seed{seed}" for where in ("together", "alone"))
+        assert_same_metrics([m for m in metrics(ra) if m[1] == "train"], [m for m in metrics(rb) if m[1] == "train"],
+                            rel=1e-4)
+        assert_close(params(ra, BEFORE_NORM), params(rb, BEFORE_NORM), atol=2e-4)
+
+
+def test_batched_seeds_skip_finished_runs_and_resume_the_rest_together(tmp_path, capsys):
+    first = run(capsys, "reptile", tmp_path, *SINE, "--seed", "1")
+    finals = run(capsys, "reptile", tmp_path, *SINE, "--seeds", "0-2", "--batch-seeds", "--resume")
+    assert finals[1] == first  # left as it was
+    assert [f["seeds_together"] for f in finals] == [2, 1, 2]
+
+
+def test_a_diverging_group_marks_every_diverged_run_failed(tmp_path, capsys):
+    code = main(["run", "--algo", "reptile", "--device", "cpu", "--no-progress", "--results", str(tmp_path), *SINE,
+                 "--seeds", "0,1", "--batch-seeds", "--set", "meta_lr=1e6", "--set", "meta_lr_final=1e6"])
+    err = capsys.readouterr().err
+    assert code == 3 and err.startswith("error: training diverged:") and err.count("\n") == 1
+    for seed in (0, 1):
+        state = json.loads((tmp_path / "sine" / "reptile" / f"seed{seed}" / "state.json").read_text())
+        assert state["state"] == "failed" and "diverged" in state["message"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--batch-seeds"], "--seeds"),
+    (["--seeds", "0-x"], "--seeds 0-4"),
+])
+def test_bad_seed_options_are_one_line_errors(tmp_path, capsys, argv, words):
+    assert main(["run", "--algo", "reptile", "--preset", "sine", "--results", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_compiled_meta_iterations_equal_the_plain_ones(tmp_path, capsys):
+    args = [*SINE, "--set", "meta_iters=60", "--set", "eval_every=20"]
+    compiled = run(capsys, "reptile", tmp_path / "compiled", *args, "--set", "compile=true")
+    plain = run(capsys, "reptile", tmp_path / "plain", *args)
+    ra, rb = (tmp_path / where / "sine" / "reptile" / "seed0" for where in ("compiled", "plain"))
+    assert compiled["value"] == pytest.approx(plain["value"], rel=1e-2)
+    assert_same_metrics(metrics(ra), metrics(rb), rel=1e-4)
+    assert_close(params(ra), params(rb), atol=1e-5)
