@@ -1,4 +1,4 @@
-"""Command line: `python -m bench run|sweep|reproduce|check|presets|report|variance|speed|memory ...`."""
+"""Command line: `python -m bench run|sweep|reproduce|check|presets|report|variance|speed|memory|demo ...`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from . import check, memory, report, reproduce, speed, sweep, variance
+from . import check, demo, memory, report, reproduce, speed, sweep, variance
 from .config import available_presets, load_config, parse_overrides, preset_values
 from .errors import BenchError
 
@@ -25,6 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--algo", required=True, help="algorithm name, e.g. reptile")
     r.add_argument("--preset", default="omniglot-5w1s", help="preset name (see `presets`)")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seeds", default=None, metavar="LIST",
+                   help="several runs, one per seed, e.g. 0-4 or 0,2,5 (instead of --seed): one after another, "
+                        "or trained together with --batch-seeds")
+    r.add_argument("--batch-seeds", action="store_true",
+                   help="with --seeds: train the runs in one computation, stacked on a leading dimension (each "
+                        "still writes its own run folder; equal to training them one by one within float "
+                        "tolerance)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set meta_iters=1000 (repeatable)")
     r.add_argument("--results", default="results", help="results folder (default: results)")
@@ -45,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the presets and their key settings")
     check.add_parser(sub)
+    demo.add_parser(sub)
     memory.add_parser(sub)
     report.add_parser(sub)
     reproduce.add_parser(sub)
@@ -92,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             return report.main_report(args)
         if args.command == "check":
             return check.main_check(args)
+        if args.command == "demo":
+            return demo.main_demo(args)
         if args.command == "sweep":
             return sweep.main_sweep(args)
         if args.command == "reproduce":
@@ -100,16 +110,19 @@ def main(argv: list[str] | None = None) -> int:
             return speed.main_speed(args)
         if args.command == "variance":
             return variance.main_variance(args)
-        from .runner import run  # imports torch: keep `presets` instant
+        from .runner import run_seeds  # imports torch: keep `presets` instant
 
+        if args.batch_seeds and args.seeds is None:
+            raise BenchError("--batch-seeds trains several seeds together: name them with --seeds, e.g. --seeds 0-4")
+        seeds = sweep.parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
         overrides = parse_overrides(args.overrides)
         cfg = load_config(args.preset, overrides, algo=args.algo)
         with _sigterm_unwinds():
-            final = run(cfg, algo=args.algo, preset=args.preset, seed=args.seed, results=args.results,
-                        data=args.data, device=args.device, force=args.force, resume=args.resume,
-                        progress=not args.no_progress, overrides=overrides, eval_protocol=args.eval_protocol,
-                        checkpoint_every=args.checkpoint_every)
-        print(json.dumps(final, indent=2, sort_keys=True))
+            finals = run_seeds(cfg, algo=args.algo, preset=args.preset, seeds=seeds, batch_seeds=args.batch_seeds,
+                               results=args.results, data=args.data, device=args.device, force=args.force,
+                               resume=args.resume, progress=not args.no_progress, overrides=overrides,
+                               eval_protocol=args.eval_protocol, checkpoint_every=args.checkpoint_every)
+        print(json.dumps(finals if args.seeds is not None else finals[0], indent=2, sort_keys=True))
         return 0
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)

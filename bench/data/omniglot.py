@@ -45,7 +45,7 @@ _EXPECTED = {"images_background": (30, 964), "images_evaluation": (20, 659)}
 _N_ALPHABETS = 50  # 30 + 20
 N_CHARACTERS = 1623  # 964 + 659
 N_DRAWINGS = 20
-_SOURCE_SIZE = (105, 105)
+SOURCE_SIZE = (105, 105)
 IMAGE_SIZE = 28
 # Part of the cache key: change the version whenever the preprocessing changes.
 _PREPROCESSING = f"omniglot-v1-{IMAGE_SIZE}x{IMAGE_SIZE}"
@@ -251,11 +251,11 @@ def _escapes(member: str) -> bool:
     return path.startswith("/") or re.match(r"[A-Za-z]:", path) is not None or ".." in path.split("/")
 
 
-def _preprocess(png: bytes) -> np.ndarray:
+def preprocess(png: bytes) -> np.ndarray:
     """The reference's ``np.array(Image.open(f).resize((28, 28)))``: Pillow resamples a
     1-bit image with nearest neighbour whatever the filter, giving bool, True = background."""
     with Image.open(io.BytesIO(png)) as image:
-        if image.size != _SOURCE_SIZE or image.mode != "1":
+        if image.size != SOURCE_SIZE or image.mode != "1":
             width, height = image.size
             raise ValueError(f"image is {image.mode} {width}x{height}, not 1-bit 105x105")
         return np.array(image.resize((IMAGE_SIZE, IMAGE_SIZE)))
@@ -289,7 +289,7 @@ def _decode_source(source: Path, bar: tqdm) -> dict[tuple[str, str], np.ndarray]
             for key, files in groups.items():
                 block = np.empty((N_DRAWINGS, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
                 for i, member in enumerate(files):
-                    block[i] = _preprocess(read(member))
+                    block[i] = preprocess(read(member))
                     bar.update()
                 decoded[key] = block
             return decoded
