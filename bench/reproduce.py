@@ -16,7 +16,7 @@ import argparse
 from .config import parse_overrides
 from .errors import BenchError
 from .published import PAPER_TABLES, table_runs
-from .sweep import Job, add_options, execute_and_report, options_from, parse_seeds
+from .sweep import Job, add_options, execute_and_report, options_from, parse_seeds, unit_argv, units
 
 
 def table_jobs(table: str, seeds: list[int], overrides: dict[str, str], algos: list[str] | None = None) -> list[Job]:
@@ -56,7 +56,7 @@ def main_reproduce(args: argparse.Namespace) -> int:
                          "choose among maml, fomaml, reptile")
     if args.dry_run:
         options = options_from(args)
-        for job in jobs:
-            print(" ".join(job.argv(options)[1:]).replace("-m bench", "python -m bench", 1))
+        for unit in units(jobs, options.batch_seeds):
+            print(" ".join(unit_argv(unit, options)[1:]).replace("-m bench", "python -m bench", 1))
         return 0
     return execute_and_report(jobs, args)

@@ -58,12 +58,16 @@ class Job:
     def name(self, results: Path) -> str:
         return self.folder(results).relative_to(results).as_posix()
 
-    def argv(self, options: "Options") -> list[str]:
+    def argv(self, options: "Options", seeds: list[int] | None = None) -> list[str]:
+        """The job's command; with `seeds`, the command that trains those seeds of the same
+        preset, algorithm and settings together (`--seeds ... --batch-seeds`)."""
         sets = [a for k, v in self.overrides for a in ("--set", f"{k}={v}")]
+        which = (["--seeds", ",".join(map(str, seeds)), "--batch-seeds"] if seeds
+                 else ["--seed", str(self.seed)])
         extra = [*(["--data", options.data] if options.data else []),
                  *(["--device", options.device] if options.device else [])]
         return [sys.executable, "-m", "bench", "run", "--algo", self.algo, "--preset", self.preset,
-                "--seed", str(self.seed), *sets, "--results", str(options.results), *extra,
+                *which, *sets, "--results", str(options.results), *extra,
                 "--eval-protocol", options.eval_protocol, "--checkpoint-every", options.checkpoint_every,
                 "--resume", "--no-progress"]
 
@@ -77,6 +81,8 @@ class Options:
     device: str | None = None
     eval_protocol: str = "shared"
     checkpoint_every: str = "60s"
+    batch_seeds: bool = False
+    """Train the seeds of each (preset, algorithm, settings) together, as one job."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -143,21 +149,44 @@ def execute(argv: list[str], log: str, threads: int | None) -> dict[str, Any]:
             "seconds": time.monotonic() - start}
 
 
-def _log(job: Job, options: Options) -> str:
-    return str(options.results / "logs" / f"{job.name(options.results)}.log")
+Unit = tuple[Job, ...]
+"""The jobs one process runs: one job, or with --batch-seeds the seeds of one preset,
+algorithm and settings, trained together."""
 
 
-def _run_local(jobs: list[Job], options: Options, workers: int):
+def units(jobs: list[Job], batch_seeds: bool) -> list[Unit]:
+    if not batch_seeds:
+        return [(job,) for job in jobs]
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.preset, job.algo, job.overrides), []).append(job)
+    return [tuple(group) for group in groups.values()]
+
+
+def unit_argv(unit: Unit, options: Options) -> list[str]:
+    """The command that runs a unit's jobs."""
+    return unit[0].argv(options, [job.seed for job in unit] if len(unit) > 1 else None)
+
+
+def _log(unit: Unit, options: Options) -> str:
+    name = unit[0].name(options.results)
+    if len(unit) > 1:  # <preset>/<method>/seeds0,1,2
+        name = f"{name.rsplit('/', 1)[0]}/seeds{','.join(str(job.seed) for job in unit)}"
+    return str(options.results / "logs" / f"{name}.log")
+
+
+def _run_local(todo: list[Unit], options: Options, workers: int):
     threads = None
     if options.device != "cuda":
         threads = max(1, (os.cpu_count() or 1) // workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(execute, job.argv(options), _log(job, options), threads): job for job in jobs}
+        futures = {pool.submit(execute, unit_argv(unit, options), _log(unit, options), threads): unit
+                   for unit in todo}
         for future in as_completed(futures):
             yield futures[future], future.result()
 
 
-def _run_ray(jobs: list[Job], options: Options, address: str | None, cpus: float, gpu_fraction: float):
+def _run_ray(todo: list[Unit], options: Options, address: str | None, cpus: float, gpu_fraction: float):
     try:
         import ray
     except ImportError:
@@ -176,7 +205,7 @@ def _run_ray(jobs: list[Job], options: Options, address: str | None, cpus: float
         wants_gpu = options.device == "cuda" or (options.device is None and gpus > 0)
         task = ray.remote(num_cpus=cpus, num_gpus=gpu_fraction if wants_gpu else 0)(execute)
         threads = max(1, int(cpus))
-        refs = {task.remote(job.argv(options), _log(job, options), threads): job for job in jobs}
+        refs = {task.remote(unit_argv(unit, options), _log(unit, options), threads): unit for unit in todo}
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -192,7 +221,7 @@ def run_sweep(jobs: list[Job], options: Options, *, workers: int = 1, ray_addres
     """Check every job, then run them; returns one summary per job (name, state,
     message, seconds), in the order they ended."""
     options = Options(Path(options.results).resolve(), options.data, options.device, options.eval_protocol,
-                      options.checkpoint_every)
+                      options.checkpoint_every, options.batch_seeds)
     check_jobs(jobs, options)
     todo = []
     for job in jobs:
@@ -205,19 +234,21 @@ def run_sweep(jobs: list[Job], options: Options, *, workers: int = 1, ray_addres
         return []
     echo(f"{len(todo)} of {len(jobs)} runs to do ({len(jobs) - len(todo)} finished already); "
          f"logs in {options.results / 'logs'}")
-    runner = (_run_ray(todo, options, ray_address, cpus_per_run, gpu_fraction) if use_ray
-              else _run_local(todo, options, max(1, workers)))
+    todo_units = units(todo, options.batch_seeds)
+    runner = (_run_ray(todo_units, options, ray_address, cpus_per_run, gpu_fraction) if use_ray
+              else _run_local(todo_units, options, max(1, workers)))
     summaries = []
-    for i, (job, result) in enumerate(runner, 1):
-        state = read_state(job.folder(options.results)) or {}
-        name = job.name(options.results)
-        ok = result["returncode"] == 0 and state.get("state") == FINISHED
-        summary = {"run": name, "state": FINISHED if ok else state.get("state", FAILED),
-                   "message": "" if ok else result["message"] or f"exit code {result['returncode']}",
-                   "seconds": round(result["seconds"], 1)}
-        summaries.append(summary)
-        echo(f"[{i}/{len(todo)}] {name}: {summary['state']} in {summary['seconds']:.0f} s"
-             + (f" ({summary['message']})" if summary["message"] else ""))
+    for unit, result in runner:
+        for job in unit:
+            state = read_state(job.folder(options.results)) or {}
+            name = job.name(options.results)
+            ok = result["returncode"] == 0 and state.get("state") == FINISHED
+            summary = {"run": name, "state": FINISHED if ok else state.get("state", FAILED),
+                       "message": "" if ok else state.get("message") or result["message"]
+                       or f"exit code {result['returncode']}", "seconds": round(result["seconds"], 1)}
+            summaries.append(summary)
+            echo(f"[{len(summaries)}/{len(todo)}] {name}: {summary['state']} in {summary['seconds']:.0f} s"
+                 + (f" ({summary['message']})" if summary["message"] else ""))
     return summaries
 
 
@@ -232,6 +263,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-protocol", default="shared", choices=("shared", "own", "both"))
     p.add_argument("--checkpoint-every", default="60s", metavar="N|Ns|Nm")
     p.add_argument("--workers", type=int, default=1, help="runs at once on this machine (default 1)")
+    p.add_argument("--batch-seeds", action="store_true",
+                   help="train the seeds of each algorithm together, in one process and one computation "
+                        "(run --seeds ... --batch-seeds): fewer, larger jobs, for a GPU")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the jobs as Ray tasks: on the cluster at ADDRESS, or a local one started now")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs each run claims (default 1)")
@@ -253,7 +287,8 @@ def options_from(args: argparse.Namespace) -> Options:
         raise BenchError(f"--workers {args.workers}: give 1 or more")
     if not 0 < args.gpu_fraction <= 1 or args.cpus_per_run <= 0:
         raise BenchError("--gpu-fraction must be in (0, 1] and --cpus-per-run above 0: e.g. --gpu-fraction 0.25")
-    return Options(Path(args.results), args.data, args.device, args.eval_protocol, args.checkpoint_every)
+    return Options(Path(args.results), args.data, args.device, args.eval_protocol, args.checkpoint_every,
+                   args.batch_seeds)
 
 
 def execute_and_report(jobs: list[Job], args: argparse.Namespace) -> int:

@@ -54,6 +54,29 @@ def test_local_sweep_runs_every_job_then_skips_finished_and_resumes_unfinished(t
         {k: v for k, v in final.items() if "seconds" not in k and k != "ms_per_meta_iter"}
 
 
+def test_sweep_with_batch_seeds_runs_each_algorithm_s_seeds_as_one_job(tmp_path, capsys):
+    argv = ["sweep", "--algos", "reptile,joint", "--seeds", "0-2", *TINY, "--results", str(tmp_path),
+            "--device", "cpu", "--batch-seeds"]
+    assert main(argv) == 0
+    assert "all 6 runs finished" in capsys.readouterr().out
+    for algo in ("reptile", "joint"):
+        log = (tmp_path / "logs" / "sine" / algo / "seeds0,1,2.log").read_text()
+        assert "--seeds 0,1,2 --batch-seeds" in log and "--resume" in log
+        for seed in range(3):
+            run = tmp_path / "sine" / algo / f"seed{seed}"
+            assert state(run)["state"] == "finished"
+            assert json.loads((run / "final.json").read_text())["seeds_together"] == 3
+    # Rerunning skips them all; a run left unfinished is resumed alone.
+    before = files(tmp_path)
+    assert main(argv) == 0 and files(tmp_path) == before
+    run = tmp_path / "sine" / "joint" / "seed2"
+    (run / "final.json").unlink()
+    (run / "state.json").write_text(json.dumps({**state(run), "state": "running"}))
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("[skip]") == 6 + 5
+    assert state(run)["state"] == "finished" and state(run)["resumed_at"] == [30]
+
+
 def test_ray_sweep_runs_the_same_jobs_as_ray_tasks(tmp_path, capsys, monkeypatch):
     pytest.importorskip("ray")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same threads per run both ways
@@ -114,6 +137,13 @@ def test_reproduce_queues_every_row_of_a_paper_table(table, runs, capsys):
             expected = (f"python -m bench run --algo {algo} --preset {preset} --seed 2 "
                         f"--set transductive={transductive} --set meta_iters=1000 ")
             assert any(c.startswith(expected) and c.endswith("--resume --no-progress") for c in commands), expected
+
+
+def test_reproduce_with_batch_seeds_queues_one_command_per_row(capsys):
+    assert main(["reproduce", "--table", "omniglot", "--seeds", "0-4", "--batch-seeds", "--dry-run"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 16 and all(" --seeds 0,1,2,3,4 --batch-seeds " in c for c in commands)
+    assert len(set(commands)) == 16
 
 
 def test_transductive_variant_gets_its_own_run_folder(tmp_path):
