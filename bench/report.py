@@ -381,6 +381,40 @@ def _sine_section(by_preset: dict[str, list[Run]], out_dir: Path, progress: bool
     return lines
 
 
+SPEED_COLUMNS = ("algo", "preset", "implementation", "ms_per_meta_iter", "peak_mem_mb", "speedup_vs_naive",
+                 "speedup_vs_learn2learn", "threads", "torch")
+
+
+def _cost_section(results_dir: Path) -> list[str]:
+    """The speed tables `python -m bench speed` wrote under `results_dir`/speed/."""
+    lines = ["## Cost per meta-iteration", ""]
+    files = sorted((results_dir / "speed").glob("*.csv"))
+    if not files:
+        return lines + [f"No speed table in `{(results_dir / 'speed').as_posix()}`: `python -m bench speed` "
+                        "writes one per device.", ""]
+    lines += ["From `python -m bench speed`: each algorithm at its paper settings, every implementation timed "
+              "side by side in one process (median ms per meta-iteration after warm-up; peak memory of one "
+              "meta-iteration; speed-ups over the naive implementation and over learn2learn). `seeds` is per "
+              "run, five runs trained together.", ""]
+    for f in files:
+        try:
+            df = pd.read_csv(f, dtype=str, keep_default_na=False)
+        except (OSError, ValueError) as e:
+            lines += [f"`{f.as_posix()}` could not be read ({type(e).__name__}).", ""]
+            continue
+        missing = [c for c in SPEED_COLUMNS if c not in df.columns]
+        if missing or df.empty:
+            lines += [f"`{f.as_posix()}` is not a speed table (missing {', '.join(missing) or 'rows'}).", ""]
+            continue
+        rows = [[r.algo, r.preset, r.implementation, r.ms_per_meta_iter, r.peak_mem_mb or "-",
+                 r.speedup_vs_naive or "-", r.speedup_vs_learn2learn or "-"] for r in df.itertuples()]
+        lines += [f"### {f.stem}", "", f"`{f.as_posix()}`: torch {distinct(df['torch'])}, "
+                  f"{distinct(df['threads'])} thread(s).", "",
+                  md_table(["algorithm", "preset", "implementation", "ms / meta-iteration", "peak MiB", "x naive",
+                            "x learn2learn"], rows), ""]
+    return lines
+
+
 def _settings_section(runs: list[Run]) -> list[str]:
     """The key settings per method (distinct values across seeds joined by "/") and overrides."""
     extra = ["meta_grads"] if any(r.algo == "gradsum" for r in runs) else []
@@ -467,14 +501,15 @@ def build_report(results_dir, out_dir, *, progress: bool = True) -> Path:
              "**reduced** and are not reproductions of the published numbers.", "",
              "## Contents", "",
              *[f"- [{p}](#{p.lower()})" for p in by_preset],
-             "- Paper tables, gradient combinations, meta-gradient variance, sine-wave predictions, settings, "
-             "environment, skipped runs", ""]
+             "- Paper tables, gradient combinations, meta-gradient variance, sine-wave predictions, cost per "
+             "meta-iteration, settings, environment, skipped runs", ""]
     for preset, runs_p in by_preset.items():
         lines += _preset_section(preset, runs_p, fin[fin["preset"] == preset], out_dir, progress)
     lines += _paper_tables_section(fin)
     lines += _gradsum_section(runs, fin, out_dir, progress)
     lines += _variance_section(by_preset, out_dir, progress, fin)
     lines += _sine_section(by_preset, out_dir, progress, fin)
+    lines += _cost_section(results_dir)
     lines += _settings_section(runs)
     lines += _environment_section(runs)
     lines += _skipped_section(skipped, runs)

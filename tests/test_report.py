@@ -18,7 +18,7 @@ from bench.report_stats import pairwise
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("## omniglot-5w1s", "## omniglot-gradsum", "## sine", "### Results", "### Significance",
             "## Paper tables", "## Gradient combinations", "## Meta-gradient variance", "## Sine-wave predictions",
-            "## Settings of each run", "## Environment", "## Skipped runs")
+            "## Cost per meta-iteration", "## Settings of each run", "## Environment", "## Skipped runs")
 
 
 def write_run(results: Path, preset: str, algo: str, seed: int, *, level: float, meta_iters: int = 300,
@@ -233,3 +233,26 @@ def test_paper_tables_are_filled_from_the_runs_of_each_row(tmp_path: Path):
     assert rows["Reptile"][0].startswith("— / 95.39") and rows["FOMAML + transduction"][2].startswith("— / 89.4")
     assert "reptile + transduction" in text  # its own method in the preset's section
     assert "Table 1: no runs yet" in text
+
+
+def test_cost_section_shows_each_device_s_speed_table(tmp_path: Path):
+    res = make_results(tmp_path / "results", full=False)
+    report = build_report(res, tmp_path / "out", progress=False).read_text()
+    assert "No speed table in" in report and "python -m bench speed" in report
+
+    (res / "speed").mkdir()
+    pd.DataFrame([
+        {"algo": "maml", "implementation": "batched", "device": "cpu", "preset": "omniglot-5w1s-maml",
+         "threads": 2, "torch": "2.14.1", "ms_per_meta_iter": 241.2, "peak_mem_mb": 305.1,
+         "speedup_vs_naive": 1.73, "speedup_vs_learn2learn": 1.86},
+        {"algo": "maml", "implementation": "learn2learn", "device": "cpu", "preset": "omniglot-5w1s-maml",
+         "threads": 2, "torch": "2.14.1", "ms_per_meta_iter": 448.0, "peak_mem_mb": 18.0,
+         "speedup_vs_naive": 0.93, "speedup_vs_learn2learn": 1.0},
+    ]).to_csv(res / "speed" / "cpu.csv", index=False)
+    (res / "speed" / "cuda.csv").write_text("not,a\nspeed,table\n")
+    report = build_report(res, tmp_path / "out", progress=False).read_text()
+    section = report.split("## Cost per meta-iteration")[1].split("\n## ")[0]
+    assert "### cpu" in section and "torch 2.14.1, 2 thread(s)" in section
+    assert "| maml | omniglot-5w1s-maml | batched | 241.2 | 305.1 | 1.73 | 1.86 |" in section
+    assert "| maml | omniglot-5w1s-maml | learn2learn | 448.0 | 18.0 | 0.93 | 1.0 |" in section
+    assert "cuda.csv` is not a speed table (missing algo" in section
