@@ -196,18 +196,16 @@ def run_seeds(cfg: Config, *, algo: str, preset: str, seeds: list[int], batch_se
             prep.lock.release()
         raise
 
-    for prep in todo:
-        _start(prep, cfg, algo, preset, dev, overrides)
     groups = ([[p for p in todo if p.start == step] for step in sorted({p.start for p in todo})] if batch_seeds
               else [[p] for p in todo])
     diverged: TrainingDiverged | None = None
     for i, group in enumerate(groups):
         try:
-            _train_group(group, cfg, algo, preset, dev, task_data, evals, clock, progress)
+            _train_group(group, cfg, algo, preset, dev, task_data, evals, clock, progress, overrides)
         except TrainingDiverged as e:
             diverged = diverged or e
         except BaseException as e:
-            for rest in groups[i + 1:]:  # never started: they stay as they were (resumable)
+            for rest in groups[i + 1:]:  # never started: they stay as they were
                 for prep in rest:
                     _fail(prep, e)
             raise
@@ -226,6 +224,7 @@ class _Prepared:
         self.previous: dict | None = None
         self.final: dict | None = None  # final.json once finished
         self.resumed: list[int] = []
+        self.started = False  # whether its folder has been written (by `_start`)
 
     @property
     def start(self) -> int:
@@ -271,12 +270,15 @@ def _start(prep: _Prepared, cfg: Config, algo: str, preset: str, dev: torch.devi
         write_json(path / "env.json", environment(dev))
     prep.resumed = [*(prep.previous or {}).get("resumed_at", []), prep.ckpt["step"]] if prep.ckpt else []
     write_state(path, RUNNING, step=prep.start, resumed_at=prep.resumed)
+    prep.started = True
 
 
 def _fail(prep: _Prepared, e: BaseException) -> None:
-    """Mark the run failed (keeping its last checkpoint's step) and release its folder."""
-    good = (read_state(prep.path) or {}).get("step", 0)  # the last checkpoint's, which stays
-    write_state(prep.path, FAILED, step=good, resumed_at=prep.resumed, message=_failure(e))
+    """Mark the run failed (keeping its last checkpoint's step) and release its folder; a run
+    not yet started is only released (its folder stays as it was)."""
+    if prep.started:
+        good = (read_state(prep.path) or {}).get("step", 0)  # the last checkpoint's, which stays
+        write_state(prep.path, FAILED, step=good, resumed_at=prep.resumed, message=_failure(e))
     prep.lock.release()
 
 
@@ -436,9 +438,10 @@ class _Trainee:
 
 
 def _train_group(group: list[_Prepared], cfg: Config, algo: str, preset: str, dev: torch.device,
-                 task_data: TaskData, evals: list, clock: CheckpointClock, progress: bool) -> None:
-    """Train the runs of `group` (all at the same meta-iteration) together, then evaluate
-    each; sets each one's `final`. A run that diverges is marked failed and leaves the
+                 task_data: TaskData, evals: list, clock: CheckpointClock, progress: bool,
+                 overrides: dict[str, Any] | None) -> None:
+    """Start the runs of `group` (all at the same meta-iteration), train them together, then
+    evaluate each; sets each one's `final`. A run that diverges is marked failed and leaves the
     group, the others go on; the first divergence is raised at the end. Any other error
     marks every unfinished run of the group failed."""
     trainees: list[_Trainee] = []
@@ -465,6 +468,8 @@ def _train_group(group: list[_Prepared], cfg: Config, algo: str, preset: str, de
     seeds = ",".join(str(p.seed) for p in group)
     bar = None
     try:
+        for prep in group:
+            _start(prep, cfg, algo, preset, dev, overrides)
         for prep in group:
             trainees.append(_Trainee(prep, cfg, algo, preset, dev, task_data, evals))
         together = len(trainees)
