@@ -29,6 +29,7 @@ INNER_STATES = ("carry", "reset")
 TAILS = ("shared", "separate")
 ACTIVATIONS = ("tanh", "relu")
 MAML_MEMORY = ("recompute", "unrolled")
+AUTOCAST = ("off", "bf16")
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,11 @@ class Config:
     torch.compile. The first meta-iteration pays a one-off compilation (tens of seconds
     for the sine MLP, minutes for the CNNs on the CPU); the compiled code computes the
     same maths with fused kernels, equal to the plain path within float tolerance."""
+    autocast: str
+    """"off" (float32 throughout) or "bf16": convolutions and linear layers in bfloat16
+    under torch.autocast, batch norm and activations in float32, in meta-training and
+    evaluation alike. Unlike the settings above it changes results: bfloat16 keeps 8
+    bits of mantissa. Meant for GPUs with bfloat16 units."""
 
     def replace(self, **changes: Any) -> "Config":
         return validate(dataclasses.replace(self, **changes))
@@ -169,6 +175,7 @@ _CHOICES = {
     "activation": ACTIVATIONS,
     "tail": TAILS,
     "maml_memory": MAML_MEMORY,
+    "autocast": AUTOCAST,
 }
 _POSITIVE = {
     "ways", "shots", "train_shots", "inner_lr", "inner_steps", "inner_batch", "meta_lr",

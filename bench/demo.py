@@ -192,12 +192,11 @@ class DemoModel:
         run's evaluation does, then classify the query (28, 28). Returns the softmax over
         the N classes' outputs, the prediction, each fine-tuning step's loss and the time."""
         import torch
-        from torch.func import functional_call
 
         from algorithms import adapt, inner_optimizer
 
         from .episodes import minibatch_plan
-        from .models import task_loss
+        from .models import forward, task_loss
 
         cfg, n = self.cfg, len(support)
         if not 2 <= n <= cfg.ways:
@@ -215,7 +214,7 @@ class DemoModel:
             # As bench.evaluate scores a query: alone (transductive, one query here) or in a
             # batch with the support set (batch norm uses the batch's statistics).
             batch = q if cfg.transductive else torch.cat([x, q])
-            logits = functional_call(self.model, adapted, (batch,))[-1, :n]
+            logits = forward(self.model, adapted, batch, cfg)[-1, :n]
             probs = torch.softmax(logits.double(), 0)
         return {"probabilities": probs.tolist(), "predicted": int(probs.argmax()),
                 "losses": losses.tolist(), "seconds": round(time.perf_counter() - start, 3)}

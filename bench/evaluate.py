@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from scipy import stats
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from algorithms import adapt_tasks, inner_optimizer
 from algorithms.inner import Params, State
 
 from .config import Config
-from .models import task_loss
+from .models import forward, task_loss
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def mean_ci95(values: np.ndarray) -> tuple[float, float | None]:
 def _score(model: nn.Module, cfg: Config, params: Params, support_x, query_x, query_y):
     """Per-task score of one adapted task (vmapped over tasks by the caller)."""
     def f(x):
-        return functional_call(model, params, (x,))
+        return forward(model, params, x, cfg)
     if cfg.task == "sine":
         return ((f(query_x) - query_y) ** 2).mean()
     if cfg.transductive:
@@ -112,7 +112,7 @@ def sine_predictions(model: nn.Module, params: Params, inner_state: State, sampl
     with torch.no_grad():
         for s in range(cfg.eval_steps + 1):
             if s in at:
-                pred = functional_call(model, p, (grid,))[:, 0]
+                pred = forward(model, p, grid, cfg)[:, 0]
                 rows += [{"kind": "pred", "steps": s, "x": float(x), "y": float(y)} for x, y in zip(grid[:, 0], pred)]
             if s < cfg.eval_steps:
                 grads = torch.func.grad(loss)(p, xs[s], ys[s])

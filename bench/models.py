@@ -87,10 +87,32 @@ def build_model(cfg: Config) -> nn.Module:
     return SineMLP(cfg.activation)
 
 
+def forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """The network's output for `x` with weights `params` (functional_call).
+
+    With cfg.autocast == "bf16" the convolutions and linear layers compute in bfloat16
+    (torch.autocast) and everything between them (batch norm, activations) in float32:
+    the output is float32 either way. Batch norm stays in float32 because its statistics
+    over a few examples are the precision-sensitive part, and because its backward under
+    vmap refuses mixed precision."""
+    if cfg.autocast == "off":
+        return torch.func.functional_call(model, params, (x,))
+    for name, layer in model.named_children():
+        prefix = name + "."
+        weights = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                x = torch.func.functional_call(layer, weights, (x,))
+            x = x.float()
+        else:
+            x = torch.func.functional_call(layer, weights, (x,)) if weights else layer(x)
+    return x
+
+
 def task_loss(model: nn.Module, cfg: Config):
     """loss(params, x, y) for one task's batch: cross-entropy for classification, MSE for sine."""
     def loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = torch.func.functional_call(model, params, (x,))
+        out = forward(model, params, x, cfg)
         if cfg.task == "sine":
             return torch.nn.functional.mse_loss(out, y)
         return torch.nn.functional.cross_entropy(out, y)

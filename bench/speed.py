@@ -13,6 +13,9 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
   (torch.compile); by default only for `sine`, for every case with `--compiled` (the
   CNNs' meta-iteration takes minutes to compile on the CPU); `first_call_s` shows the
   compilation;
+- `bf16`: the preset's own path with `autocast = "bf16"` (convolutions and linear layers
+  in bfloat16; it changes results slightly); by default on CUDA only, everywhere with
+  `--bf16`;
 - `seeds`: SEEDS (5) runs of the preset's own path trained together (`run --seeds 0-4
   --batch-seeds`: the runs stacked on a leading dimension under vmap); its time is per
   run, the group's divided by 5, and its peak memory the group's;
@@ -62,7 +65,7 @@ ALGOS = ("reptile", "fomaml", "maml", "joint")
 PRESETS = {"reptile": ("omniglot-5w1s", "sine"), "fomaml": ("omniglot-5w1s-maml",),
            "maml": ("omniglot-5w1s-maml",), "joint": ("omniglot-5w1s",)}
 """Each algorithm's paper settings (and the sine example for Reptile)."""
-IMPLEMENTATIONS = ("batched", "serial", "compiled", "seeds", "naive", "learn2learn")
+IMPLEMENTATIONS = ("batched", "serial", "compiled", "bf16", "seeds", "naive", "learn2learn")
 SEEDS = 5
 """Runs trained together in the `seeds` row (its time is per run: the group's divided by SEEDS)."""
 SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "tail", "inner_optimizer",
@@ -88,7 +91,8 @@ COMPILED_BY_DEFAULT = ("sine",)
 takes minutes on the CPU, the sine MLP's about half a minute."""
 
 
-def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool = False) -> list[str]:
+def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool = False,
+                    bf16: bool = False) -> list[str]:
     from .peers import LEARN2LEARN_ALGOS
 
     def wanted(impl: str) -> bool:
@@ -96,6 +100,8 @@ def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool = 
             return learn2learn and algo in LEARN2LEARN_ALGOS
         if impl == "compiled":
             return compiled or preset in COMPILED_BY_DEFAULT
+        if impl == "bf16":
+            return bf16
         return True
     return [i for i in IMPLEMENTATIONS if wanted(i)]
 
@@ -173,8 +179,13 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
                 r["state"] = step.inner_state
         return together
 
-    if impl in ("batched", "serial", "compiled"):  # compiled: the preset's own path, torch.compile'd
-        cfg = cfg.replace(batched=impl == "batched") if impl != "compiled" else cfg.replace(compile=True)
+    if impl in ("batched", "serial", "compiled", "bf16"):
+        if impl == "compiled":  # the preset's own path (batched or serial), compiled
+            cfg = cfg.replace(compile=True)
+        elif impl == "bf16":  # the preset's own path in bfloat16
+            cfg = cfg.replace(autocast="bf16")
+        else:
+            cfg = cfg.replace(batched=impl == "batched")
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
         compute = meta_step_fn(ALGORITHMS[algo], task_loss(model, cfg), cfg)
         opt = _outer_optimizer(cfg, list(params.values()))
@@ -312,7 +323,8 @@ def cuda_peak(fn: Callable[[], None], device) -> float:
 # The table ---------------------------------------------------------------------------
 
 def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None = None,
-            threads: int | None = None, compiled: bool = False) -> tuple[list[dict], dict]:
+            threads: int | None = None, compiled: bool = False, bf16: bool | None = None
+            ) -> tuple[list[dict], dict]:
     """Every case and implementation of `algos`, timed and measured; returns the CSV rows
     and what the run did: `warmup`, `rounds` and learn2learn's version (None when it is
     not installed). `rounds` replaces the default (or --quick's) and its time budget."""
@@ -324,7 +336,8 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
     if rounds is not None:
         plan.update(rounds=rounds, budget_s=None)
     l2l = learn2learn_version()
-    keys = [(a, p, i) for a, p in cases(algos) for i in implementations(a, p, l2l is not None, compiled)]
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+    keys = [(a, p, i) for a, p in cases(algos) for i in implementations(a, p, l2l is not None, compiled, bf16)]
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -385,6 +398,8 @@ def add_parser(sub) -> None:
     s.add_argument("--compiled", action="store_true",
                    help="a `compiled` row (torch.compile) for every case; by default only for "
                         f"{', '.join(COMPILED_BY_DEFAULT)} (the CNNs take minutes to compile on the CPU)")
+    s.add_argument("--bf16", action="store_true", default=None,
+                   help="a `bf16` row (autocast=bf16) for every case; the default on CUDA")
     s.add_argument("--out", default=None, help="CSV to write (default: results/speed/<device>.csv)")
 
 
@@ -417,7 +432,7 @@ def main_speed(args) -> int:
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else Path("results") / "speed" / f"{device.type}.csv"
     rows, run = measure(algos, device, quick=args.quick, rounds=args.rounds, threads=args.threads,
-                        compiled=args.compiled)
+                        compiled=args.compiled, bf16=args.bf16)
     print(f"{device.type}, torch {torch.__version__}, {rows[0]['threads']} threads; median time per "
           f"meta-iteration over {run['rounds']} round-robin rounds after {run['warmup']} warm-up; peak memory: "
           + ("CUDA max_memory_allocated during one meta-iteration" if device.type == "cuda" else

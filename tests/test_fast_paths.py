@@ -130,3 +130,39 @@ def test_compiled_meta_iterations_equal_the_plain_ones(tmp_path, capsys):
     assert compiled["value"] == pytest.approx(plain["value"], rel=1e-2)
     assert_same_metrics(metrics(ra), metrics(rb), rel=1e-4)
     assert_close(params(ra), params(rb), atol=1e-5)
+
+
+def test_bf16_forward_computes_convolutions_in_bfloat16_and_returns_float32():
+    from bench.config import load_config
+    from bench.models import build_model, forward
+
+    cfg = load_config("omniglot-5w1s")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    params = dict(model.named_parameters())
+    x = torch.rand(10, 1, 28, 28)
+    plain = forward(model, params, x, cfg)
+    assert torch.equal(plain, torch.func.functional_call(model, params, (x,)))
+    half = forward(model, params, x, cfg.replace(autocast="bf16"))
+    assert half.dtype == torch.float32
+    assert not torch.equal(half, plain)  # bfloat16 rounding is visible...
+    torch.testing.assert_close(half, plain, atol=0.1, rtol=0.1)  # ...and small
+    # under autocast a convolution computes in bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = model[0](x)
+    assert first.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("batched", ["false", "true"])
+def test_bf16_autocast_trains_on_both_paths_near_float32(tmp_path, capsys, omniglot_data, batched):
+    args = ["--preset", "omniglot-5w1s", "--data", str(omniglot_data), *OMNIGLOT, "--set", f"batched={batched}"]
+    run(capsys, "reptile", tmp_path / "bf16", *args, "--set", "autocast=bf16")
+    run(capsys, "reptile", tmp_path / "fp32", *args)
+    ra, rb = (tmp_path / where / "omniglot-5w1s" / "reptile" / "seed0" for where in ("bf16", "fp32"))
+    assert json.loads((ra / "config.json").read_text())["autocast"] == "bf16"
+    half = [m for m in metrics(ra) if m[1] == "train" and m[2] == "loss"]
+    full = [m for m in metrics(rb) if m[1] == "train" and m[2] == "loss"]
+    assert [m[0] for m in half] == [m[0] for m in full]
+    assert half != full  # it changes results, as it says...
+    for a, b in zip(half, full):
+        assert a[3] == pytest.approx(b[3], rel=0.05)  # ...by little over a few meta-iterations

@@ -187,6 +187,14 @@ def test_speed_writes_results_speed_device_csv_by_default(tmp_path, monkeypatch,
     assert "wrote results/speed/cpu.csv" in capsys.readouterr().out
 
 
+def test_speed_bf16_rows_on_request(tmp_path):
+    out = tmp_path / "speed.csv"
+    assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu",
+                 "--bf16", "--out", str(out)]) == 0
+    _, rows = read(out)
+    assert [r["implementation"] for r in rows] == ["batched", "serial", "bf16", "seeds", "naive"]
+
+
 def test_rounds_stop_at_the_budget_and_every_implementation_of_a_case_runs_as_often():
     calls = {"a": 0, "b": 0, "c": 0}
 
