@@ -94,22 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "presets":
             _presets()
             return 0
-        if args.command == "memory":
-            return memory.main_memory(args)
-        if args.command == "report":
-            return report.main_report(args)
-        if args.command == "check":
-            return check.main_check(args)
-        if args.command == "demo":
-            return demo.main_demo(args)
-        if args.command == "sweep":
-            return sweep.main_sweep(args)
-        if args.command == "reproduce":
-            return reproduce.main_reproduce(args)
-        if args.command == "speed":
-            return speed.main_speed(args)
-        if args.command == "variance":
-            return variance.main_variance(args)
+        commands = {"memory": memory.main_memory, "report": report.main_report, "check": check.main_check,
+                    "demo": demo.main_demo, "sweep": sweep.main_sweep, "reproduce": reproduce.main_reproduce,
+                    "speed": speed.main_speed, "variance": variance.main_variance}
+        if args.command in commands:
+            return commands[args.command](args)
         from .runner import run_seeds  # imports torch: keep `presets` instant
 
         if args.batch_seeds and args.seeds is None:

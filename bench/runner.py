@@ -475,6 +475,7 @@ def _train_group(group: list[_Prepared], cfg: Config, algo: str, preset: str, de
         together = len(trainees)
         loss = task_loss(trainees[0].model, cfg)  # the same network (and loss) for every seed
         compute = meta_step_fn(algorithm, loss, cfg) if together == 1 else stacked_step_fn(algorithm, loss, cfg)
+        clock.reset()  # the time since the last group's checkpoint is not this group's
         if start == 0:
             each(_Trainee.snapshot, 0)
         bar = tqdm(total=cfg.meta_iters, initial=start, unit="it", disable=not progress, dynamic_ncols=True,

@@ -22,7 +22,10 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
 - `naive`: the same maths written as public meta-learning code usually is
   (`bench.naive`: a deepcopy and an optimizer per task, plain autograd, a loop over the
   tasks); for `sine`, the public example's own loop, its NumPy task sampling included;
-- `learn2learn`: learn2learn's MAML and first-order MAML (`bench.peers`), when installed.
+- `learn2learn`: learn2learn's MAML and first-order MAML (`bench.peers`), when installed;
+- `passes`: not an implementation but the floor under all of them: the meta-iteration's
+  forward and backward passes of the plain module on its minibatches (and FOMAML's
+  queries), with no optimizer, copy or update, for Reptile, joint training and FOMAML.
 
 Inputs are random data of the task's shape on the device (no data set needed): every
 implementation of a case draws its episodes from its own sampler with the same seed and
@@ -65,7 +68,7 @@ ALGOS = ("reptile", "fomaml", "maml", "joint")
 PRESETS = {"reptile": ("omniglot-5w1s", "sine"), "fomaml": ("omniglot-5w1s-maml",),
            "maml": ("omniglot-5w1s-maml",), "joint": ("omniglot-5w1s",)}
 """Each algorithm's paper settings (and the sine example for Reptile)."""
-IMPLEMENTATIONS = ("batched", "serial", "compiled", "bf16", "seeds", "naive", "learn2learn")
+IMPLEMENTATIONS = ("batched", "serial", "compiled", "bf16", "seeds", "naive", "learn2learn", "passes")
 SEEDS = 5
 """Runs trained together in the `seeds` row (its time is per run: the group's divided by SEEDS)."""
 SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "tail", "inner_optimizer",
@@ -86,6 +89,9 @@ def cases(algos: list[str]) -> list[Case]:
     return [(a, p) for a in algos for p in PRESETS[a]]
 
 
+PASSES = ("reptile", "joint", "fomaml")
+"""The algorithms whose `passes` row is their forward and backward passes alone (MAML's
+second-order passes have no plain-module equivalent)."""
 COMPILED_BY_DEFAULT = ("sine",)
 """The presets whose `compiled` row runs without --compiled: compiling the CNNs' meta-iteration
 takes minutes on the CPU, the sine MLP's about half a minute."""
@@ -102,6 +108,8 @@ def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool = 
             return compiled or preset in COMPILED_BY_DEFAULT
         if impl == "bf16":
             return bf16
+        if impl == "passes":
+            return algo in PASSES
         return True
     return [i for i in IMPLEMENTATIONS if wanted(i)]
 
@@ -195,6 +203,21 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
             step = meta_iteration(compute, algo, params, box["state"], sampler, opt, cfg)
             box["state"] = step.inner_state
         return suite
+
+    if impl == "passes":  # the arithmetic every implementation shares: the loss passes, nothing else
+        criterion = naive.loss_fn(cfg)
+
+        def passes():
+            episodes = train_episodes(sampler, cfg, algo)
+            xs, ys = episodes.inner_data()
+            steps = 1 if algo == "joint" else xs.shape[1]
+            batches = [(xs[t, s], ys[t, s]) for t in range(xs.shape[0]) for s in range(steps)]
+            if algo == "fomaml":
+                batches += [(episodes.query_x[t], episodes.query_y[t]) for t in range(xs.shape[0])]
+            for x, y in batches:
+                model.zero_grad(set_to_none=True)
+                criterion(model(x), y).backward()
+        return passes
 
     if impl == "naive":
         if algo in ("reptile", "joint"):
