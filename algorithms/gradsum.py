@@ -13,6 +13,8 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
+import torch
+
 from .base import MetaStep, inner_optimizer, loss_logs
 from .inner import Params, State, TaskLoss, adapt_with_grads, map_tasks
 
@@ -40,8 +42,9 @@ def combine(loss: TaskLoss, params: Params, inner_state: State, episodes: "Episo
         partial(_task, loss, opt, max(terms)), params, inner_state, (xs, ys),
         batched=cfg.batched, chain_state=cfg.inner_state == "carry")
     scale = opt.lr / (len(terms) if mean else 1)
-    idx = [i - 1 for i in terms]
-    meta = {k: scale * g[:, idx].sum(1).mean(0) for k, g in grads.items()}  # g: (tasks, steps, ...)
+    # g: (tasks, steps, ...); the steps picked by views, not an index list (which would be
+    # a host-to-device copy, refused inside a CUDA graph's recording)
+    meta = {k: scale * torch.stack([g[:, i - 1] for i in terms], 1).sum(1).mean(0) for k, g in grads.items()}
     return MetaStep(grad=meta, inner_state=carried,
                     logs=loss_logs(losses))
 

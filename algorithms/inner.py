@@ -40,10 +40,10 @@ class InnerOptimizer:
         """A fresh state for `params` (empty for SGD)."""
         if self.kind == "sgd":
             return {}
-        state = {f"m.{k}": torch.zeros_like(p) for k, p in params.items()}
-        state.update({f"v.{k}": torch.zeros_like(p) for k, p in params.items()})
-        state["t"] = torch.zeros((), dtype=next(iter(params.values())).dtype,
-                                 device=next(iter(params.values())).device)
+        first = next(iter(params.values()))
+        state = {"t": torch.zeros((), dtype=first.dtype, device=first.device)}
+        for k, p in params.items():  # the keys in the order `step` returns them
+            state[f"m.{k}"], state[f"v.{k}"] = torch.zeros_like(p), torch.zeros_like(p)
         return state
 
     def step(self, params: Params, grads: Params, state: State) -> tuple[Params, State]:

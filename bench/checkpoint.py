@@ -79,10 +79,17 @@ def set_rng_states(states: dict[str, Any], train_sampler, periodic: dict[str, An
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
+EXECUTION_ONLY = ("compile", "cuda_graph")
+"""Settings that change how a meta-iteration is executed, not what it computes (beyond
+float tolerance): a run may be resumed with other values of them (config.json keeps the
+values it started with), and runs made before they existed still resume."""
+
+
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """The settings of `now` whose value in `saved` differs, as "key=saved (now value)"."""
+    """The settings of `now` whose value in `saved` differs, as "key=saved (now value)"
+    (EXECUTION_ONLY settings aside)."""
     return [f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in sorted(now)
-            if saved.get(k) != now[k]]
+            if k not in EXECUTION_ONLY and saved.get(k) != now[k]]
 
 
 def config_differences(path: Path, identity: dict[str, Any]) -> list[str] | None:

@@ -29,7 +29,7 @@ INNER_STATES = ("carry", "reset")
 TAILS = ("shared", "separate")
 ACTIVATIONS = ("tanh", "relu")
 MAML_MEMORY = ("recompute", "unrolled")
-AUTOCAST = ("off", "bf16")
+AUTOCAST = ("off", "tf32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -152,11 +152,19 @@ class Config:
     torch.compile. The first meta-iteration pays a one-off compilation (tens of seconds
     for the sine MLP, minutes for the CNNs on the CPU); the compiled code computes the
     same maths with fused kernels, equal to the plain path within float tolerance."""
+    cuda_graph: bool
+    """Record each meta-iteration's computation as a CUDA graph once and replay it
+    (`bench.graphs`): one launch instead of hundreds of small kernel launches from
+    Python. The same kernels on the same numbers as the plain path. CUDA only; excludes
+    `compile`."""
     autocast: str
-    """"off" (float32 throughout) or "bf16": convolutions and linear layers in bfloat16
-    under torch.autocast, batch norm and activations in float32, in meta-training and
-    evaluation alike. Unlike the settings above it changes results: bfloat16 keeps 8
-    bits of mantissa. Meant for GPUs with bfloat16 units."""
+    """"off": float32 throughout, on a GPU too (PyTorch's default lets cuDNN convolutions
+    use TensorFloat-32, which the suite turns off). "tf32": float32 tensors, but
+    convolutions and matrix products on a GPU's tensor cores in TensorFloat-32 (10 bits
+    of mantissa; no effect on the CPU). "bf16": convolutions and linear layers in
+    bfloat16 under torch.autocast, batch norm and activations in float32. Both apply in
+    meta-training and evaluation alike and, unlike the settings above, change results
+    (bfloat16 keeps 8 bits of mantissa)."""
 
     def replace(self, **changes: Any) -> "Config":
         return validate(dataclasses.replace(self, **changes))
@@ -238,6 +246,9 @@ def validate(cfg: Config) -> Config:
     for key in ("inner_beta1", "inner_beta2"):
         if not 0 <= getattr(cfg, key) < 1:
             raise ConfigError(f"setting {key!r} must be in [0, 1), got {getattr(cfg, key)!r}")
+    if cfg.compile and cfg.cuda_graph:
+        raise ConfigError("settings 'compile' and 'cuda_graph' are both true: choose one "
+                          "(--set compile=false or --set cuda_graph=false)")
     terms = cfg.meta_grads.split("+")
     if not all(t.strip().isdigit() and int(t) >= 1 for t in terms) or len(set(map(int, terms))) != len(terms):
         raise ConfigError(f"setting 'meta_grads' is {cfg.meta_grads!r}: name distinct inner steps (from 1) "

@@ -69,6 +69,17 @@ class Episode:
         return self.support_x, self.support_y, self.query_x, self.query_y, self.inner_batches
 
 
+def to_device(a: np.ndarray, device: torch.device) -> Tensor:
+    """A host array as a tensor on `device`. To a GPU through pinned memory without
+    waiting: a plain copy from pageable memory makes the host wait for all the GPU work
+    queued before it, which would stop the host from drawing the next meta-batch while
+    the GPU computes this one."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def minibatch_plan(rng: np.random.Generator, n: int, steps: int, batch: int) -> np.ndarray:
     """One task's inner minibatches without replacement, as the reference's
     `_mini_batches`: walk a shuffled order of the n examples in consecutive batches,
@@ -125,8 +136,8 @@ class ClassSampler:
         classes, draws, plan = np.stack(classes), np.stack(draws), np.stack(plans)
 
         dev = self.images.device
-        cls = torch.from_numpy(classes).to(dev)[:, :, None]
-        x = self.images[cls, torch.from_numpy(draws).to(dev)].float()  # (T, ways, shots+queries, ...)
+        cls = to_device(classes, dev)[:, :, None]
+        x = self.images[cls, to_device(draws, dev)].float()  # (T, ways, shots+queries, ...)
         if self.divisor is not None:
             x = x / self.divisor
         if x.dim() == 5:  # (T, ways, k, H, W): add the channel axis
@@ -138,7 +149,7 @@ class ClassSampler:
 
         return Episode(flat(x[:, :, :shots]), flat(y[:, :, :shots]),
                        flat(x[:, :, shots:]), flat(y[:, :, shots:]),
-                       torch.from_numpy(plan).to(dev))
+                       to_device(plan, dev))
 
 
 class SineSampler:
@@ -171,8 +182,8 @@ class SineSampler:
         x = np.broadcast_to(self.x, y.shape)
 
         def tensor(a: np.ndarray) -> Tensor:  # (T, n) -> (T, n, 1) float32 on the device
-            return torch.as_tensor(np.array(a)[..., None], dtype=torch.float32, device=self.device)
+            return to_device(np.asarray(a, dtype=np.float32)[..., None], self.device)
 
         take = np.take_along_axis
         return Episode(tensor(take(x, points, 1)), tensor(take(y, points, 1)), tensor(x), tensor(y),
-                       torch.from_numpy(plan).to(self.device))
+                       to_device(plan, self.device))

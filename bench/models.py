@@ -87,6 +87,20 @@ def build_model(cfg: Config) -> nn.Module:
     return SineMLP(cfg.activation)
 
 
+def set_precision(autocast: str) -> None:
+    """TensorFloat-32 on a GPU's convolutions and matrix products only when `autocast` is
+    "tf32". PyTorch lets cuDNN use it by default, which rounds float32 convolutions to 10
+    bits of mantissa: a GPU run would then differ from the CPU's, and from itself when
+    another convolution algorithm is picked (a CUDA graph's, say), far beyond float
+    rounding. The flags are process-wide; every network the suite runs sets them through
+    `forward`, and `bench speed` sets them for the peers' rows too."""
+    tf32 = autocast == "tf32"
+    if torch.backends.cudnn.allow_tf32 != tf32:
+        torch.backends.cudnn.allow_tf32 = tf32
+    if torch.backends.cuda.matmul.allow_tf32 != tf32:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, cfg: Config) -> torch.Tensor:
     """The network's output for `x` with weights `params` (functional_call).
 
@@ -94,8 +108,9 @@ def forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, 
     (torch.autocast) and everything between them (batch norm, activations) in float32:
     the output is float32 either way. Batch norm stays in float32 because its statistics
     over a few examples are the precision-sensitive part, and because its backward under
-    vmap refuses mixed precision."""
-    if cfg.autocast == "off":
+    vmap refuses mixed precision. "tf32" and "off" differ only in `set_precision`'s flags."""
+    set_precision(cfg.autocast)
+    if cfg.autocast != "bf16":
         return torch.func.functional_call(model, params, (x,))
     for name, layer in model.named_children():
         prefix = name + "."

@@ -23,12 +23,14 @@ import torch
 from tqdm import tqdm
 
 from algorithms import ALGORITHMS, QUERY_ALGORITHMS, inner_optimizer, parse_terms
+from algorithms.base import MetaStep
 
 from .checkpoint import FORMAT, CheckpointClock, resume_point, rng_states, set_rng_states
 from .config import Config, _unknown, algo_settings, available_presets
 from .episodes import Episode
 from .errors import BenchError, ConfigError, TrainingDiverged
 from .evaluate import evaluate, sine_predictions
+from .graphs import GraphedFunction, check_device
 from .models import build_model, task_loss
 from .protocols import eval_config, protocols
 from .results import (FAILED, FINISHED, RUNNING, CHECKPOINT, MetricsWriter, RunLock, check_writable, clear_run,
@@ -80,11 +82,26 @@ def train_episodes(sampler, cfg: Config, algo: str) -> Episode:
 
 def meta_step_fn(algorithm, loss, cfg: Config):
     """compute(params, inner_state, episodes) -> MetaStep: the algorithm's computation for
-    one meta-batch with the run's settings, compiled by torch.compile when cfg.compile."""
+    one meta-batch with the run's settings, compiled by torch.compile when cfg.compile,
+    recorded as a CUDA graph and replayed when cfg.cuda_graph (`bench.graphs`: the
+    returned tensors are then overwritten by the next call)."""
     def compute(params, inner_state, episodes):
         with torch.no_grad():  # torch.func transforms inside still differentiate
             return algorithm(loss, params, inner_state, episodes, cfg)
-    return torch.compile(compute, dynamic=False) if cfg.compile else compute
+    if cfg.compile:
+        return torch.compile(compute, dynamic=False)
+    if not cfg.cuda_graph:
+        return compute
+
+    def tensors_fn(params, inner_state, tensors):
+        step = compute(params, inner_state, Episode(*tensors))
+        return step.grad, step.inner_state, step.logs
+    graphed = GraphedFunction(tensors_fn)
+
+    def replay(params, inner_state, episodes):
+        grad, state, logs = graphed(params, inner_state, episodes._tensors())
+        return MetaStep(grad=grad, inner_state=state, logs=logs)
+    return replay
 
 
 def meta_iteration(compute, algo: str, params, inner_state, sampler, meta_opt, cfg: Config):
@@ -178,6 +195,8 @@ def run_seeds(cfg: Config, *, algo: str, preset: str, seeds: list[int], batch_se
         raise BenchError(f"seeds {seeds} name a seed twice: name each once")
     evals = preflight(cfg, algo, eval_protocol)
     dev = resolve_device(device)
+    if cfg.cuda_graph:
+        check_device(dev)
     clock = CheckpointClock(checkpoint_every)
 
     # Every check, for every run, before the first write: a refused command leaves every
@@ -286,10 +305,8 @@ def stacked_step_fn(algorithm, loss, cfg: Config):
     """compute(params, inner_states, episodes) for several runs at once: lists with one
     entry per run in, a list of MetaSteps out; the runs' tensors are stacked on a leading
     dimension and the algorithm's computation is vmapped over it (compiled when
-    cfg.compile)."""
+    cfg.compile, replayed from a CUDA graph when cfg.cuda_graph)."""
     from torch.func import vmap
-
-    from algorithms.base import MetaStep
 
     def one(params, inner_state, tensors):
         step = algorithm(loss, params, inner_state, Episode(*tensors), cfg)
@@ -298,7 +315,10 @@ def stacked_step_fn(algorithm, loss, cfg: Config):
     def together(params, inner_state, tensors):
         with torch.no_grad():
             return vmap(one)(params, inner_state, tensors)
-    together = torch.compile(together, dynamic=False) if cfg.compile else together
+    if cfg.compile:
+        together = torch.compile(together, dynamic=False)
+    elif cfg.cuda_graph:
+        together = GraphedFunction(together)
 
     def compute(params: list, inner_states: list, episodes: list) -> list:
         stack = lambda dicts: {k: torch.stack([d[k] for d in dicts]) for k in dicts[0]}  # noqa: E731
@@ -327,6 +347,7 @@ class _Trainee:
         self.periodic = {s: task_data.sampler(s, "periodic", self.seed) for s in task_data.splits}
         self.task_data = task_data
         self.train_s = 0.0  # meta-training seconds, periodic evaluation excluded
+        self.periodic_s = 0.0  # seconds of periodic evaluation
         if ckpt is not None:
             with torch.no_grad():
                 for k, p in self.params.items():
@@ -335,6 +356,7 @@ class _Trainee:
             self.inner_state = {k: v.to(dev) for k, v in ckpt["inner_state"].items()}
             set_rng_states(ckpt["rng"], self.train_sampler, self.periodic)
             self.train_s = ckpt["train_seconds"]
+            self.periodic_s = ckpt.get("periodic_eval_seconds", 0.0)
         self.metrics = MetricsWriter(self.path / "metrics.csv", resume_at=ckpt["metrics_bytes"] if ckpt else None)
         self.snapshots = snapshot_steps(cfg)
         # The first meta-iteration whose loss was not finite (0: none yet) and that loss; kept
@@ -369,6 +391,7 @@ class _Trainee:
             "config": self.cfg.to_dict(), "algo": self.algo, "preset": self.preset, "seed": self.seed,
             "step": done, "format": FORMAT, "run": self.prep.identity,
             "rng": rng_states(self.train_sampler, self.periodic), "train_seconds": self.train_s,
+            "periodic_eval_seconds": self.periodic_s,
             "metrics_bytes": self.metrics.offset})
         write_state(self.path, RUNNING, step=done, resumed_at=self.prep.resumed)
         self.last_good = done
@@ -399,9 +422,11 @@ class _Trainee:
 
     def periodic_evaluation(self, done: int) -> None:
         eval_cfg = self.evals[0][1]
+        t0 = time.perf_counter()
         for split, sampler in self.periodic.items():
             r = evaluate(self.model, self.params, self.inner_state, sampler, eval_cfg, self.cfg.eval_every_tasks)
             self.metrics.write(done, self.train_s, split, r.metric, r.value)
+        self.periodic_s += time.perf_counter() - t0
 
     def finish(self, together: int) -> dict[str, Any]:
         """The final evaluation on the test split, final.json and the finished marker."""
@@ -427,6 +452,7 @@ class _Trainee:
                                    "transductive": evals[1][1].transductive} if len(evals) > 1 else None),
                  "algo": self.algo, "preset": self.preset, "seed": self.seed, "meta_iters": cfg.meta_iters,
                  "train_seconds": round(self.train_s, 3), "eval_seconds": round(eval_s, 3),
+                 "periodic_eval_seconds": round(self.periodic_s, 3),
                  "ms_per_meta_iter": round(1000 * self.train_s / cfg.meta_iters, 3), "seeds_together": together}
         if cfg.task == "sine":  # the Reptile example's figure, for the report
             write_csv(self.path / "sine_predictions.csv", sine_predictions(

@@ -10,12 +10,16 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
   draw the meta-batch, the algorithm's meta-gradient, the outer step), with the tasks of
   the meta-batch under `torch.func.vmap` or one after another;
 - `compiled`: the preset's own path (batched or serial) with `compile = true`
-  (torch.compile); by default only for `sine`, for every case with `--compiled` (the
+  (torch.compile); by default only for `sine` on the CPU, for every case with `--compiled` (the
   CNNs' meta-iteration takes minutes to compile on the CPU); `first_call_s` shows the
   compilation;
 - `bf16`: the preset's own path with `autocast = "bf16"` (convolutions and linear layers
   in bfloat16; it changes results slightly); by default on CUDA only, everywhere with
   `--bf16`;
+- `graph` and `graph-batched`: the preset's own path, and the batched path, with
+  `cuda_graph = true` (the meta-iteration recorded as a CUDA graph once and replayed:
+  `bench.graphs`); on CUDA only (`graph-batched` only where the preset's own path is the
+  serial one);
 - `seeds`: SEEDS (5) runs of the preset's own path trained together (`run --seeds 0-4
   --batch-seeds`: the runs stacked on a leading dimension under vmap); its time is per
   run, the group's divided by 5, and its peak memory the group's;
@@ -68,7 +72,8 @@ ALGOS = ("reptile", "fomaml", "maml", "joint")
 PRESETS = {"reptile": ("omniglot-5w1s", "sine"), "fomaml": ("omniglot-5w1s-maml",),
            "maml": ("omniglot-5w1s-maml",), "joint": ("omniglot-5w1s",)}
 """Each algorithm's paper settings (and the sine example for Reptile)."""
-IMPLEMENTATIONS = ("batched", "serial", "compiled", "bf16", "seeds", "naive", "learn2learn", "passes")
+IMPLEMENTATIONS = ("batched", "serial", "compiled", "bf16", "graph", "graph-batched", "seeds", "naive",
+                   "learn2learn", "passes")
 SEEDS = 5
 """Runs trained together in the `seeds` row (its time is per run: the group's divided by SEEDS)."""
 SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "tail", "inner_optimizer",
@@ -93,21 +98,26 @@ PASSES = ("reptile", "joint", "fomaml")
 """The algorithms whose `passes` row is their forward and backward passes alone (MAML's
 second-order passes have no plain-module equivalent)."""
 COMPILED_BY_DEFAULT = ("sine",)
-"""The presets whose `compiled` row runs without --compiled: compiling the CNNs' meta-iteration
-takes minutes on the CPU, the sine MLP's about half a minute."""
+"""The presets whose `compiled` row runs without --compiled on the CPU: compiling the CNNs'
+meta-iteration takes minutes there, the sine MLP's about half a minute. On CUDA, where the
+`graph` rows remove the launch overhead that compilation would, none runs without --compiled."""
 
 
 def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool = False,
-                    bf16: bool = False) -> list[str]:
+                    bf16: bool = False, graph: bool = False, compile_sine: bool = True) -> list[str]:
     from .peers import LEARN2LEARN_ALGOS
 
     def wanted(impl: str) -> bool:
         if impl == "learn2learn":
             return learn2learn and algo in LEARN2LEARN_ALGOS
         if impl == "compiled":
-            return compiled or preset in COMPILED_BY_DEFAULT
+            return compiled or (compile_sine and preset in COMPILED_BY_DEFAULT)
         if impl == "bf16":
             return bf16
+        if impl == "graph":
+            return graph
+        if impl == "graph-batched":
+            return graph and not _config(algo, preset).batched
         if impl == "passes":
             return algo in PASSES
         return True
@@ -187,11 +197,15 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
                 r["state"] = step.inner_state
         return together
 
-    if impl in ("batched", "serial", "compiled", "bf16"):
+    if impl in ("batched", "serial", "compiled", "bf16", "graph", "graph-batched"):
         if impl == "compiled":  # the preset's own path (batched or serial), compiled
             cfg = cfg.replace(compile=True)
         elif impl == "bf16":  # the preset's own path in bfloat16
             cfg = cfg.replace(autocast="bf16")
+        elif impl == "graph":  # the preset's own path, replayed from a CUDA graph
+            cfg = cfg.replace(cuda_graph=True)
+        elif impl == "graph-batched":
+            cfg = cfg.replace(cuda_graph=True, batched=True)
         else:
             cfg = cfg.replace(batched=impl == "batched")
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -353,6 +367,7 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
     not installed). `rounds` replaces the default (or --quick's) and its time budget."""
     import torch
 
+    from .models import set_precision
     from .peers import learn2learn_version
 
     plan = dict(QUICK if quick else FULL)
@@ -360,12 +375,15 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
         plan.update(rounds=rounds, budget_s=None)
     l2l = learn2learn_version()
     bf16 = device.type == "cuda" if bf16 is None else bf16
-    keys = [(a, p, i) for a, p in cases(algos) for i in implementations(a, p, l2l is not None, compiled, bf16)]
+    graph = device.type == "cuda"
+    keys = [(a, p, i) for a, p in cases(algos)
+            for i in implementations(a, p, l2l is not None, compiled, bf16, graph, compile_sine=not graph)]
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     try:
+        set_precision("off")  # float32 for the peers' rows too (the suite's own set it in forward)
         combos = {k: _synced(build(*k, device), device) for k in keys}
         ms, counts, done, first = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
         peaks = {k: cuda_peak(fn, device) if device.type == "cuda" else cpu_peak(fn) for k, fn in combos.items()}

@@ -166,3 +166,54 @@ def test_bf16_autocast_trains_on_both_paths_near_float32(tmp_path, capsys, omnig
     assert half != full  # it changes results, as it says...
     for a, b in zip(half, full):
         assert a[3] == pytest.approx(b[3], rel=0.05)  # ...by little over a few meta-iterations
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--set", "cuda_graph=true", "--device", "cpu"], "--device cuda"),
+    (["--set", "cuda_graph=true", "--set", "compile=true"], "choose one"),
+])
+def test_cuda_graph_settings_refused_are_one_line_errors(tmp_path, capsys, argv, words):
+    assert main(["run", "--algo", "reptile", "--preset", "sine", "--results", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_graphed_function_refuses_cpu_tensors():
+    from bench.graphs import GraphedFunction
+
+    with pytest.raises(ValueError, match="not a CUDA tensor"):
+        GraphedFunction(lambda x: x)(torch.zeros(2))
+
+
+@pytest.mark.parametrize("autocast, tf32", [("off", False), ("tf32", True), ("bf16", False)])
+def test_tensorfloat32_follows_the_autocast_setting(autocast, tf32):
+    from bench.config import load_config
+    from bench.models import build_model, forward
+
+    cfg = load_config("omniglot-5w1s").replace(autocast=autocast)
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not tf32
+        model = build_model(cfg)
+        forward(model, dict(model.named_parameters()), torch.zeros(2, 1, 28, 28), cfg)
+        assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_execution_only_settings_do_not_block_a_resume(tmp_path, capsys):
+    from bench.checkpoint import differences
+
+    saved = {"inner_lr": 0.001, "compile": False}  # made before cuda_graph existed
+    assert differences(saved, {"inner_lr": 0.001, "compile": True, "cuda_graph": True}) == []
+    assert differences(saved, {"inner_lr": 0.002, "cuda_graph": False}) == ["inner_lr=0.001 (now 0.002)"]
+    # a finished run made before cuda_graph existed, with compile on, resumes (nothing to do)
+    args = [*SINE, "--set", "meta_iters=20", "--set", "snapshots=0", "--set", "eval_every=0"]
+    first = run(capsys, "reptile", tmp_path, *args)
+    config = tmp_path / "sine" / "reptile" / "seed0" / "config.json"
+    saved = json.loads(config.read_text())
+    del saved["cuda_graph"]
+    saved["compile"] = True
+    config.write_text(json.dumps(saved))
+    assert run(capsys, "reptile", tmp_path, *args, "--resume") == first
