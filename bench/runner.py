@@ -80,28 +80,32 @@ def train_episodes(sampler, cfg: Config, algo: str) -> Episode:
     return sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps, cfg.inner_batch).shared_tail()
 
 
+def _executed(fn, cfg: Config):
+    """fn(params, inner_state, tensors) -> (grad, inner_state, logs) as the run's settings
+    execute it: compiled by torch.compile when cfg.compile, recorded as a CUDA graph and
+    replayed when cfg.cuda_graph (`bench.graphs`: the returned tensors are then
+    overwritten by the next call), else as it is; always under torch.no_grad (the
+    torch.func transforms inside still differentiate)."""
+    def plain(params, inner_state, tensors):
+        with torch.no_grad():
+            return fn(params, inner_state, tensors)
+    if cfg.compile:
+        return torch.compile(plain, dynamic=False)
+    return GraphedFunction(plain) if cfg.cuda_graph else plain
+
+
 def meta_step_fn(algorithm, loss, cfg: Config):
     """compute(params, inner_state, episodes) -> MetaStep: the algorithm's computation for
-    one meta-batch with the run's settings, compiled by torch.compile when cfg.compile,
-    recorded as a CUDA graph and replayed when cfg.cuda_graph (`bench.graphs`: the
-    returned tensors are then overwritten by the next call)."""
+    one meta-batch with the run's settings (see `_executed`)."""
+    def step(params, inner_state, tensors):
+        out = algorithm(loss, params, inner_state, Episode(*tensors), cfg)
+        return out.grad, out.inner_state, out.logs
+    executed = _executed(step, cfg)
+
     def compute(params, inner_state, episodes):
-        with torch.no_grad():  # torch.func transforms inside still differentiate
-            return algorithm(loss, params, inner_state, episodes, cfg)
-    if cfg.compile:
-        return torch.compile(compute, dynamic=False)
-    if not cfg.cuda_graph:
-        return compute
-
-    def tensors_fn(params, inner_state, tensors):
-        step = compute(params, inner_state, Episode(*tensors))
-        return step.grad, step.inner_state, step.logs
-    graphed = GraphedFunction(tensors_fn)
-
-    def replay(params, inner_state, episodes):
-        grad, state, logs = graphed(params, inner_state, episodes._tensors())
+        grad, state, logs = executed(params, inner_state, episodes._tensors())
         return MetaStep(grad=grad, inner_state=state, logs=logs)
-    return replay
+    return compute
 
 
 def meta_iteration(compute, algo: str, params, inner_state, sampler, meta_opt, cfg: Config):
@@ -304,21 +308,14 @@ def _fail(prep: _Prepared, e: BaseException) -> None:
 def stacked_step_fn(algorithm, loss, cfg: Config):
     """compute(params, inner_states, episodes) for several runs at once: lists with one
     entry per run in, a list of MetaSteps out; the runs' tensors are stacked on a leading
-    dimension and the algorithm's computation is vmapped over it (compiled when
-    cfg.compile, replayed from a CUDA graph when cfg.cuda_graph)."""
+    dimension and the algorithm's computation is vmapped over it (executed as
+    `_executed` says)."""
     from torch.func import vmap
 
     def one(params, inner_state, tensors):
         step = algorithm(loss, params, inner_state, Episode(*tensors), cfg)
         return step.grad, step.inner_state, step.logs
-
-    def together(params, inner_state, tensors):
-        with torch.no_grad():
-            return vmap(one)(params, inner_state, tensors)
-    if cfg.compile:
-        together = torch.compile(together, dynamic=False)
-    elif cfg.cuda_graph:
-        together = GraphedFunction(together)
+    together = _executed(vmap(one), cfg)
 
     def compute(params: list, inner_states: list, episodes: list) -> list:
         stack = lambda dicts: {k: torch.stack([d[k] for d in dicts]) for k in dicts[0]}  # noqa: E731
