@@ -157,6 +157,10 @@ class Config:
     (`bench.graphs`): one launch instead of hundreds of small kernel launches from
     Python. The same kernels on the same numbers as the plain path. CUDA only; excludes
     `compile`."""
+    channels_last: bool
+    """Keep the convolution weights and the images in channels-last memory order (NHWC),
+    for which the CPU's oneDNN convolutions are faster (see README, speed). No effect on
+    the sine MLP; the same maths, equal to the default order within float tolerance."""
     autocast: str
     """"off": float32 throughout, on a GPU too (PyTorch's default lets cuDNN convolutions
     use TensorFloat-32, which the suite turns off). "tf32": float32 tensors, but

@@ -79,12 +79,33 @@ class SineMLP(nn.Sequential):
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """The network for cfg.task. Initialise the global torch seed first for reproducibility."""
+    """The network for cfg.task, its convolution weights in channels-last order when
+    cfg.channels_last. Initialise the global torch seed first for reproducibility."""
     if cfg.task == "omniglot":
-        return OmniglotCNN(cfg.ways)
+        return OmniglotCNN(cfg.ways).to(memory_format=memory_format(cfg))
     if cfg.task == "miniimagenet":
-        return MiniImageNetCNN(cfg.ways)
+        return MiniImageNetCNN(cfg.ways).to(memory_format=memory_format(cfg))
     return SineMLP(cfg.activation)
+
+
+def memory_format(cfg: Config) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def laid_out(tensors: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    """`tensors` with the 4-D ones (convolution weights, their optimizer moments) in the
+    memory order cfg.channels_last asks for: for tensors loaded from a checkpoint, which
+    keep the order they were saved in."""
+    return {k: v.contiguous(memory_format=memory_format(cfg)) if v.dim() == 4 else v for k, v in tensors.items()}
+
+
+def _channels_last_images(x: torch.Tensor) -> torch.Tensor:
+    """x (N, C, H, W) with channels-last strides, even where C == 1. There the default
+    order is channels-last too, and `contiguous(memory_format=...)` leaves its strides as
+    they are; but convolutions pick their output's order from the strides they see, so
+    a one-channel image with default strides makes the first layer's output (and every
+    later layer's input) NCHW again."""
+    return x.permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format).permute(0, 3, 1, 2)
 
 
 def set_precision(autocast: str) -> None:
@@ -108,8 +129,11 @@ def forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, 
     (torch.autocast) and everything between them (batch norm, activations) in float32:
     the output is float32 either way. Batch norm stays in float32 because its statistics
     over a few examples are the precision-sensitive part, and because its backward under
-    vmap refuses mixed precision. "tf32" and "off" differ only in `set_precision`'s flags."""
+    vmap refuses mixed precision. "tf32" and "off" differ only in `set_precision`'s flags.
+    With cfg.channels_last, image batches go in channels-last order."""
     set_precision(cfg.autocast)
+    if cfg.channels_last and x.dim() == 4:
+        x = _channels_last_images(x)
     if cfg.autocast != "bf16":
         return torch.func.functional_call(model, params, (x,))
     for name, layer in model.named_children():

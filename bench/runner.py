@@ -31,7 +31,7 @@ from .episodes import Episode
 from .errors import BenchError, ConfigError, TrainingDiverged
 from .evaluate import evaluate, sine_predictions
 from .graphs import GraphedFunction, check_device
-from .models import build_model, task_loss
+from .models import build_model, laid_out, task_loss
 from .protocols import eval_config, protocols
 from .results import (FAILED, FINISHED, RUNNING, CHECKPOINT, MetricsWriter, RunLock, check_writable, clear_run,
                       clear_temporaries, environment, has_run, read_state, run_dir, run_method,
@@ -350,7 +350,7 @@ class _Trainee:
                 for k, p in self.params.items():
                     p.copy_(ckpt["params"][k])
             self.meta_opt.load_state_dict(ckpt["meta_optimizer"])
-            self.inner_state = {k: v.to(dev) for k, v in ckpt["inner_state"].items()}
+            self.inner_state = laid_out({k: v.to(dev) for k, v in ckpt["inner_state"].items()}, cfg)
             set_rng_states(ckpt["rng"], self.train_sampler, self.periodic)
             self.train_s = ckpt["train_seconds"]
             self.periodic_s = ckpt.get("periodic_eval_seconds", 0.0)

@@ -13,6 +13,9 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
   (torch.compile); by default only for `sine` on the CPU, for every case with `--compiled` (the
   CNNs' meta-iteration takes minutes to compile on the CPU); `first_call_s` shows the
   compilation;
+- `channels-last`: the preset's own path with `channels_last = true` (convolution weights
+  and images in NHWC order), for the CNNs; `compiled-cl`: the same compiled, with
+  `--compiled`;
 - `bf16`: the preset's own path with `autocast = "bf16"` (convolutions and linear layers
   in bfloat16; it changes results slightly); by default on CUDA only, everywhere with
   `--bf16`;
@@ -72,8 +75,8 @@ ALGOS = ("reptile", "fomaml", "maml", "joint")
 PRESETS = {"reptile": ("omniglot-5w1s", "sine"), "fomaml": ("omniglot-5w1s-maml",),
            "maml": ("omniglot-5w1s-maml",), "joint": ("omniglot-5w1s",)}
 """Each algorithm's paper settings (and the sine example for Reptile)."""
-IMPLEMENTATIONS = ("batched", "serial", "compiled", "bf16", "graph", "graph-batched", "seeds", "naive",
-                   "learn2learn", "passes")
+IMPLEMENTATIONS = ("batched", "serial", "channels-last", "compiled", "compiled-cl", "bf16", "graph",
+                   "graph-batched", "seeds", "naive", "learn2learn", "passes")
 SEEDS = 5
 """Runs trained together in the `seeds` row (its time is per run: the group's divided by SEEDS)."""
 SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "tail", "inner_optimizer",
@@ -112,6 +115,10 @@ def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool = 
             return learn2learn and algo in LEARN2LEARN_ALGOS
         if impl == "compiled":
             return compiled or (compile_sine and preset in COMPILED_BY_DEFAULT)
+        if impl == "channels-last":
+            return _config(algo, preset).task != "sine"
+        if impl == "compiled-cl":
+            return compiled and _config(algo, preset).task != "sine"
         if impl == "bf16":
             return bf16
         if impl == "graph":
@@ -172,6 +179,8 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
         counter = iter(range(10**9))
         return lambda: example.iteration(next(counter))
     sampler = _sampler(cfg, device)
+    if impl in ("channels-last", "compiled-cl"):
+        cfg = cfg.replace(channels_last=True)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
 
@@ -197,17 +206,18 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
                 r["state"] = step.inner_state
         return together
 
-    if impl in ("batched", "serial", "compiled", "bf16", "graph", "graph-batched"):
-        if impl == "compiled":  # the preset's own path (batched or serial), compiled
+    if impl in ("batched", "serial", "channels-last", "compiled", "compiled-cl", "bf16", "graph", "graph-batched"):
+        # the others run the preset's own path (batched or serial); channels_last is set above
+        if impl in ("batched", "serial"):
+            cfg = cfg.replace(batched=impl == "batched")
+        elif impl in ("compiled", "compiled-cl"):
             cfg = cfg.replace(compile=True)
-        elif impl == "bf16":  # the preset's own path in bfloat16
+        elif impl == "bf16":  # in bfloat16
             cfg = cfg.replace(autocast="bf16")
-        elif impl == "graph":  # the preset's own path, replayed from a CUDA graph
+        elif impl == "graph":  # replayed from a CUDA graph
             cfg = cfg.replace(cuda_graph=True)
         elif impl == "graph-batched":
             cfg = cfg.replace(cuda_graph=True, batched=True)
-        else:
-            cfg = cfg.replace(batched=impl == "batched")
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
         compute = meta_step_fn(ALGORITHMS[algo], task_loss(model, cfg), cfg)
         opt = _outer_optimizer(cfg, list(params.values()))

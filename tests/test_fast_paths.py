@@ -206,7 +206,7 @@ def test_execution_only_settings_do_not_block_a_resume(tmp_path, capsys):
     from bench.checkpoint import differences
 
     saved = {"inner_lr": 0.001, "compile": False}  # made before cuda_graph existed
-    assert differences(saved, {"inner_lr": 0.001, "compile": True, "cuda_graph": True}) == []
+    assert differences(saved, {"inner_lr": 0.001, "compile": True, "cuda_graph": True, "channels_last": True}) == []
     assert differences(saved, {"inner_lr": 0.002, "cuda_graph": False}) == ["inner_lr=0.001 (now 0.002)"]
     # a finished run made before cuda_graph existed, with compile on, resumes (nothing to do)
     args = [*SINE, "--set", "meta_iters=20", "--set", "snapshots=0", "--set", "eval_every=0"]
@@ -217,3 +217,43 @@ def test_execution_only_settings_do_not_block_a_resume(tmp_path, capsys):
     saved["compile"] = True
     config.write_text(json.dumps(saved))
     assert run(capsys, "reptile", tmp_path, *args, "--resume") == first
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_channels_last_runs_train_like_the_default_order(tmp_path, capsys, omniglot_data, batched):
+    """In float32 the two orders' convolutions round differently, and Adam (beta1 = 0: its
+    first steps are sign(g)) turns the rounding of near-zero gradient entries into steps
+    of inner_lr: the runs agree loosely here. The exact comparison is in float64
+    (tests/test_inner.py)."""
+    args = ["--preset", "omniglot-5w1s", "--data", str(omniglot_data), *OMNIGLOT, "--set", f"batched={batched}"]
+    nhwc = run(capsys, "reptile", tmp_path / "nhwc", *args, "--set", "channels_last=true")
+    plain = run(capsys, "reptile", tmp_path / "plain", *args)
+    ra, rb = (tmp_path / where / "omniglot-5w1s" / "reptile" / "seed0" for where in ("nhwc", "plain"))
+    assert nhwc["value"] == pytest.approx(plain["value"], abs=0.1)  # 50 test queries
+    assert_same_metrics([m for m in metrics(ra) if m[1] == "train"], [m for m in metrics(rb) if m[1] == "train"],
+                        rel=5e-2)
+    saved = params(ra)
+    assert_close({k: v for k, v in saved.items() if k not in BEFORE_NORM}, params(rb, BEFORE_NORM), atol=2e-2)
+    assert saved["3.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert not saved["3.weight"].is_contiguous()
+
+
+def test_channels_last_images_and_weights_reach_every_convolution():
+    from bench.config import load_config
+    from bench.models import build_model, forward, laid_out
+
+    cfg = load_config("omniglot-5w1s").replace(channels_last=True)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    seen = []
+    for layer in model:
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.register_forward_hook(lambda m, inp, out: seen.append(out.is_contiguous(memory_format=torch.channels_last)
+                                                                        and not out.is_contiguous()))
+    x = torch.rand(4, 1, 28, 28)
+    out = forward(model, dict(model.named_parameters()), x, cfg)
+    assert seen == [True] * 4  # the one-channel images too (their default strides would make NCHW outputs)
+    params = {k: v.detach().contiguous() for k, v in model.named_parameters()}
+    torch.testing.assert_close(out, forward(model, params, x, cfg.replace(channels_last=False)), rtol=1e-5, atol=1e-6)
+    back = laid_out(params, cfg)
+    assert back["3.weight"].is_contiguous(memory_format=torch.channels_last) and back["13.bias"] is params["13.bias"]

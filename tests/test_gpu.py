@@ -145,6 +145,20 @@ def test_graphed_seeds_together_match_plain(float64):
             torch.testing.assert_close(sb[k], sa[k], rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("changes", [{"channels_last": True}, {"channels_last": True, "cuda_graph": True}])
+def test_channels_last_on_cuda_matches_the_default_order(float64, changes):
+    # the conv biases before batch norm aside: their gradient is rounding noise, which
+    # Adam scales up to steps of inner_lr, and batch norm removes them again
+    before_norm = {f"{i}.bias" for i in (0, 3, 6, 9)} | {f"{m}.{i}.bias" for m in "mv" for i in (0, 3, 6, 9)}
+    plain = _train("reptile", "omniglot-5w1s", 4)
+    other = _train("reptile", "omniglot-5w1s", 4, **changes)
+    assert other[0]["3.weight"].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(plain, other):
+        assert a.keys() == b.keys()
+        for k in a.keys() - before_norm:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-7, atol=1e-9, msg=k)
+
+
 def test_graphed_function_refuses_other_shapes():
     from bench.graphs import GraphedFunction
 

@@ -146,3 +146,70 @@ def test_reptile_batched_equals_serial_on_the_omniglot_cnn():
     serial = reptile(loss, params, state, ep, cfg.replace(batched=False))
     for k in params:
         torch.testing.assert_close(batched.grad[k], serial.grad[k])
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_reptile_in_channels_last_order_equals_the_default_order(batched):
+    from bench.models import build_model, task_loss
+
+    cfg = load_config("omniglot-5w1s").replace(batched=batched)
+    nhwc = cfg.replace(channels_last=True)
+    torch.manual_seed(0)
+    model = build_model(nhwc)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    assert params["3.weight"].is_contiguous(memory_format=torch.channels_last) and not params["3.weight"].is_contiguous()
+    plain_params = {k: v.contiguous() for k, v in params.items()}
+    xs, ys = torch.rand(3, 50, 1, 28, 28), torch.randint(0, 5, (3, 50))
+    plan = torch.stack([torch.randperm(50).view(5, 10) for _ in range(3)])
+    ep = Episode(xs, ys, xs[:, :5], ys[:, :5], plan)
+    opt = InnerOptimizer("adam", cfg.inner_lr)
+    a = reptile(task_loss(model, nhwc), params, opt.init(params), ep, nhwc)
+    b = reptile(task_loss(model, cfg), plain_params, opt.init(plain_params), ep, cfg)
+    # the conv biases before batch norm aside: their gradient is rounding noise, which
+    # Adam scales up to steps of inner_lr, and batch norm removes them again
+    before_norm = {f"{i}.bias" for i in (0, 3, 6, 9)}
+    for k in params.keys() - before_norm:
+        torch.testing.assert_close(a.grad[k], b.grad[k], rtol=1e-9, atol=1e-12, msg=k)
+    for k in a.inner_state.keys() - {f"{m}.{b}" for m in "mv" for b in before_norm}:
+        torch.testing.assert_close(a.inner_state[k], b.inner_state[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_plain_inner_loop_equals_the_transformed_one_and_keeps_layouts(kind, channels_last):
+    """Outside every transform the inner loop runs on plain autograd with multi-tensor
+    updates; under a transform, on torch.func. Same numbers, same layouts (channels-last
+    weights come back channels-last), state keys in `step`'s order."""
+    from algorithms.inner import adapt_with_grads
+    from bench.models import OmniglotCNN, task_loss
+
+    torch.manual_seed(0)
+    cfg = load_config("omniglot-5w1s").replace(channels_last=channels_last)
+    model = OmniglotCNN(5).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    loss = task_loss(model, cfg)
+    opt = InnerOptimizer(kind, 0.01 if kind == "adam" else 0.1)
+    state = opt.init(params)
+    if state:  # a carried state, not zeros
+        state = {k: v + 0.01 * torch.rand_like(v) for k, v in state.items()}
+    xs, ys = torch.rand(3, 10, 1, 28, 28), torch.randint(0, 5, (3, 10))
+    plain = adapt_with_grads(loss, opt, params, state, xs, ys)
+    one = lambda p, s, x, y: adapt_with_grads(loss, opt, p, s, x, y)  # noqa: E731
+    transformed = torch.func.vmap(one, in_dims=(None, None, 0, 0))(params, state, xs[None], ys[None])
+    transformed = [{k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0] for out in transformed]
+    for got, want in zip(plain, transformed):
+        if isinstance(got, dict):
+            assert list(got) == list(want)
+            for k in got:
+                torch.testing.assert_close(got[k], want[k], rtol=1e-9, atol=1e-12, msg=k)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    adapted, final = plain[0], plain[1]
+    assert list(final) == list(opt.init(params))
+    layout = lambda t: [s for s, n in zip(t.stride(), t.shape) if n > 1]  # noqa: E731 (size-1 dims: any stride)
+    for k, p in params.items():
+        assert layout(adapted[k]) == layout(p), k
+        if kind == "adam":
+            assert layout(final[f"m.{k}"]) == layout(p) and layout(final[f"v.{k}"]) == layout(p), k
+    for k, v in state.items():  # the inputs are left as they were
+        assert v.data_ptr() != final[k].data_ptr()

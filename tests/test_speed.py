@@ -153,8 +153,9 @@ def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
     expected = [(a, p, i) for a, p in [("reptile", "omniglot-5w1s"), ("reptile", "sine"),
                                        ("fomaml", "omniglot-5w1s-maml"), ("maml", "omniglot-5w1s-maml"),
                                        ("joint", "omniglot-5w1s")]
-                for i in ["batched", "serial", "compiled", "seeds", "naive", "learn2learn", "passes"]
+                for i in ["batched", "serial", "channels-last", "compiled", "seeds", "naive", "learn2learn", "passes"]
                 if (i != "learn2learn" or (l2l and a in ("maml", "fomaml"))) and (i != "compiled" or p == "sine")
+                and (i != "channels-last" or p != "sine")
                 and (i != "passes" or a != "maml")]
     assert [(r["algo"], r["preset"], r["implementation"]) for r in rows] == expected
     assert ("learn2learn not installed (scripts/install_learn2learn.sh)" in printed) == (l2l is None)
@@ -184,8 +185,8 @@ def test_speed_writes_results_speed_device_csv_by_default(tmp_path, monkeypatch,
     assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu"]) == 0
     assert torch.get_num_threads() == 2  # --threads is the run's, not the caller's
     header, rows = read(tmp_path / "results" / "speed" / "cpu.csv")
-    assert header == COLUMNS and [r["implementation"] for r in rows] == ["batched", "serial", "seeds", "naive",
-                                                                         "passes"]
+    assert header == COLUMNS and [r["implementation"] for r in rows] == ["batched", "serial", "channels-last",
+                                                                         "seeds", "naive", "passes"]
     assert "wrote results/speed/cpu.csv" in capsys.readouterr().out
 
 
@@ -194,7 +195,8 @@ def test_speed_bf16_rows_on_request(tmp_path):
     assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu",
                  "--bf16", "--out", str(out)]) == 0
     _, rows = read(out)
-    assert [r["implementation"] for r in rows] == ["batched", "serial", "bf16", "seeds", "naive", "passes"]
+    assert [r["implementation"] for r in rows] == ["batched", "serial", "channels-last", "bf16", "seeds", "naive",
+                                                   "passes"]
 
 
 def test_rounds_stop_at_the_budget_and_every_implementation_of_a_case_runs_as_often():
@@ -244,3 +246,14 @@ def test_naive_maml_refuses_an_adam_inner_loop():
     with pytest.raises(Exception, match="SGD inner loop"):
         naive.maml(model, torch.optim.SGD(model.parameters(), lr=0.0), episodes, cfg)
 
+
+
+def test_compiled_rows_with_and_without_channels_last_on_request():
+    from bench.speed import implementations
+
+    assert implementations("reptile", "omniglot-5w1s", False) == ["batched", "serial", "channels-last", "seeds",
+                                                                  "naive", "passes"]
+    assert implementations("reptile", "omniglot-5w1s", False, compiled=True) == [
+        "batched", "serial", "channels-last", "compiled", "compiled-cl", "seeds", "naive", "passes"]
+    assert implementations("reptile", "sine", False, compiled=True) == ["batched", "serial", "compiled", "seeds",
+                                                                        "naive", "passes"]
