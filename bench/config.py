@@ -155,8 +155,8 @@ class Config:
     cuda_graph: bool
     """Record each meta-iteration's computation as a CUDA graph once and replay it
     (`bench.graphs`): one launch instead of hundreds of small kernel launches from
-    Python. The same kernels on the same numbers as the plain path. CUDA only; excludes
-    `compile`."""
+    Python. The same kernels on the same numbers as the plain path. CUDA only. With
+    `compile`, the compiled computation is recorded: its fused kernels, replayed."""
     channels_last: bool
     """Keep the convolution weights and the images in channels-last memory order (NHWC),
     for which the CPU's oneDNN convolutions are faster (see README, speed). No effect on
@@ -250,9 +250,6 @@ def validate(cfg: Config) -> Config:
     for key in ("inner_beta1", "inner_beta2"):
         if not 0 <= getattr(cfg, key) < 1:
             raise ConfigError(f"setting {key!r} must be in [0, 1), got {getattr(cfg, key)!r}")
-    if cfg.compile and cfg.cuda_graph:
-        raise ConfigError("settings 'compile' and 'cuda_graph' are both true: choose one "
-                          "(--set compile=false or --set cuda_graph=false)")
     terms = cfg.meta_grads.split("+")
     if not all(t.strip().isdigit() and int(t) >= 1 for t in terms) or len(set(map(int, terms))) != len(terms):
         raise ConfigError(f"setting 'meta_grads' is {cfg.meta_grads!r}: name distinct inner steps (from 1) "

@@ -84,14 +84,14 @@ def _executed(fn, cfg: Config):
     """fn(params, inner_state, tensors) -> (grad, inner_state, logs) as the run's settings
     execute it: compiled by torch.compile when cfg.compile, recorded as a CUDA graph and
     replayed when cfg.cuda_graph (`bench.graphs`: the returned tensors are then
-    overwritten by the next call), else as it is; always under torch.no_grad (the
-    torch.func transforms inside still differentiate)."""
+    overwritten by the next call), both when both are set, else as it is; always under
+    torch.no_grad (the torch.func transforms inside still differentiate)."""
     def plain(params, inner_state, tensors):
         with torch.no_grad():
             return fn(params, inner_state, tensors)
-    if cfg.compile:
-        return torch.compile(plain, dynamic=False)
-    return GraphedFunction(plain) if cfg.cuda_graph else plain
+    run = torch.compile(plain, dynamic=False) if cfg.compile else plain
+    # with both: the graph's two warm-up calls compile, its recording captures the compiled kernels
+    return GraphedFunction(run) if cfg.cuda_graph else run
 
 
 def meta_step_fn(algorithm, loss, cfg: Config):

@@ -22,7 +22,8 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
 - `graph` and `graph-batched`: the preset's own path, and the batched path, with
   `cuda_graph = true` (the meta-iteration recorded as a CUDA graph once and replayed:
   `bench.graphs`); on CUDA only (`graph-batched` only where the preset's own path is the
-  serial one);
+  serial one); `compiled-graph`: the preset's own path with both `compile` and
+  `cuda_graph`, on CUDA with `--compiled`;
 - `seeds`: SEEDS (5) runs of the preset's own path trained together (`run --seeds 0-4
   --batch-seeds`: the runs stacked on a leading dimension under vmap); its time is per
   run, the group's divided by 5, and its peak memory the group's;
@@ -76,7 +77,7 @@ PRESETS = {"reptile": ("omniglot-5w1s", "sine"), "fomaml": ("omniglot-5w1s-maml"
            "maml": ("omniglot-5w1s-maml",), "joint": ("omniglot-5w1s",)}
 """Each algorithm's paper settings (and the sine example for Reptile)."""
 IMPLEMENTATIONS = ("batched", "serial", "channels-last", "compiled", "compiled-cl", "bf16", "graph",
-                   "graph-batched", "seeds", "naive", "learn2learn", "passes")
+                   "graph-batched", "compiled-graph", "seeds", "naive", "learn2learn", "passes")
 SEEDS = 5
 """Runs trained together in the `seeds` row (its time is per run: the group's divided by SEEDS)."""
 SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "tail", "inner_optimizer",
@@ -125,6 +126,8 @@ def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool = 
             return graph
         if impl == "graph-batched":
             return graph and not _config(algo, preset).batched
+        if impl == "compiled-graph":
+            return graph and compiled
         if impl == "passes":
             return algo in PASSES
         return True
@@ -206,7 +209,8 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
                 r["state"] = step.inner_state
         return together
 
-    if impl in ("batched", "serial", "channels-last", "compiled", "compiled-cl", "bf16", "graph", "graph-batched"):
+    if impl in ("batched", "serial", "channels-last", "compiled", "compiled-cl", "bf16", "graph", "graph-batched",
+                "compiled-graph"):
         # the others run the preset's own path (batched or serial); channels_last is set above
         if impl in ("batched", "serial"):
             cfg = cfg.replace(batched=impl == "batched")
@@ -218,6 +222,8 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
             cfg = cfg.replace(cuda_graph=True)
         elif impl == "graph-batched":
             cfg = cfg.replace(cuda_graph=True, batched=True)
+        elif impl == "compiled-graph":  # compiled, its kernels replayed from a CUDA graph
+            cfg = cfg.replace(compile=True, cuda_graph=True)
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
         compute = meta_step_fn(ALGORITHMS[algo], task_loss(model, cfg), cfg)
         opt = _outer_optimizer(cfg, list(params.values()))

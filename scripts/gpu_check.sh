@@ -9,7 +9,8 @@
 #   DEVICE       cuda (default); cpu only to try the script itself on a CPU machine
 #   ITERS        meta-iterations of each timed run (default 3000)
 #   PYTHON       the Python with torch (default: python3)
-#   STEPS        which steps to run, from tests,speed,runs,seeds (default: all four)
+#   STEPS        which steps to run, from tests,speed,runs,seeds,compiled (default: the first four;
+#                compiled, the serial path with compile and cuda_graph together, compiles for minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-/tmp/gpu_check}"
@@ -65,6 +66,7 @@ if want runs; then
   run graph-batched 60 "${graph[@]}" --set batched=true --set eval_tasks=1000
 fi
 want seeds && run seeds 90 "${graph[@]}" --seeds 0-4 --batch-seeds --set eval_tasks=1000
+want compiled && run compiled-graph 300 "${graph[@]}" --set compile=true
 
 "$py" - "$out" "$card" "$iters" "$(( $(date +%s) - start ))" <<'EOF'
 """reports/gpu/<card>-<date>.md from the outputs of scripts/gpu_check.sh."""
@@ -96,7 +98,8 @@ lines += ["", f"## omniglot-5w1s Reptile, {iters:,} meta-iterations", "",
           "|---|---|---|---|---|---|---|---|"]
 periodic_full = full_iters // 1000 - 1
 for name, label in (("graph", "serial path (the preset's), CUDA graph"), ("graph-batched", "batched path, CUDA graph"),
-                    ("seeds", "5 seeds together, CUDA graph")):
+                    ("seeds", "5 seeds together, CUDA graph"),
+                    ("compiled-graph", "serial path, compiled and CUDA graph")):
     if not (out / f"{name}.rc").is_file():
         continue  # not run (STEPS)
     rc = (out / f"{name}.rc").read_text().strip()

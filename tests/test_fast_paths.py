@@ -170,7 +170,7 @@ def test_bf16_autocast_trains_on_both_paths_near_float32(tmp_path, capsys, omnig
 
 @pytest.mark.parametrize("argv, words", [
     (["--set", "cuda_graph=true", "--device", "cpu"], "--device cuda"),
-    (["--set", "cuda_graph=true", "--set", "compile=true"], "choose one"),
+    (["--set", "cuda_graph=true", "--set", "compile=true", "--device", "cpu"], "--device cuda"),
 ])
 def test_cuda_graph_settings_refused_are_one_line_errors(tmp_path, capsys, argv, words):
     assert main(["run", "--algo", "reptile", "--preset", "sine", "--results", str(tmp_path), *argv]) == 2

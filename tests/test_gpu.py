@@ -145,6 +145,17 @@ def test_graphed_seeds_together_match_plain(float64):
             torch.testing.assert_close(sb[k], sa[k], rtol=1e-7, atol=1e-9)
 
 
+def test_compiled_and_graphed_meta_iterations_match_plain(float64):
+    # compile and cuda_graph together: the graph's warm-up calls compile, its recording
+    # captures the compiled kernels (the sine MLP: a short compilation)
+    plain = _train("reptile", "sine", 6)
+    both = _train("reptile", "sine", 6, compile=True, cuda_graph=True)
+    for a, b in zip(plain, both):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-7, atol=1e-9, msg=k)
+
+
 @pytest.mark.parametrize("changes", [{"channels_last": True}, {"channels_last": True, "cuda_graph": True}])
 def test_channels_last_on_cuda_matches_the_default_order(float64, changes):
     # the conv biases before batch norm aside: their gradient is rounding noise, which

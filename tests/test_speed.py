@@ -257,3 +257,7 @@ def test_compiled_rows_with_and_without_channels_last_on_request():
         "batched", "serial", "channels-last", "compiled", "compiled-cl", "seeds", "naive", "passes"]
     assert implementations("reptile", "sine", False, compiled=True) == ["batched", "serial", "compiled", "seeds",
                                                                         "naive", "passes"]
+    on_cuda = implementations("maml", "omniglot-5w1s-maml", False, compiled=True, graph=True, compile_sine=False)
+    assert on_cuda == ["batched", "serial", "channels-last", "compiled", "compiled-cl", "graph", "compiled-graph",
+                       "seeds", "naive"]
+    assert "compiled-graph" not in implementations("maml", "omniglot-5w1s-maml", False, graph=True)
