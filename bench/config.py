@@ -158,9 +158,11 @@ class Config:
     Python. The same kernels on the same numbers as the plain path. CUDA only. With
     `compile`, the compiled computation is recorded: its fused kernels, replayed."""
     channels_last: bool
-    """Keep the convolution weights and the images in channels-last memory order (NHWC),
-    for which the CPU's oneDNN convolutions are faster (see README, speed). No effect on
-    the sine MLP; the same maths, equal to the default order within float tolerance."""
+    """Keep the convolution weights and the images in channels-last memory order (NHWC).
+    On the CPU it speeds up the compiled serial path (oneDNN's convolutions on NHWC
+    tensors, no layout copies) and slows the batched ones, whose vmapped convolutions
+    become grouped ones (see README, speed). No effect on the sine MLP; the same maths,
+    equal to the default order within float tolerance."""
     autocast: str
     """"off": float32 throughout, on a GPU too (PyTorch's default lets cuDNN convolutions
     use TensorFloat-32, which the suite turns off). "tf32": float32 tensors, but
