@@ -111,21 +111,23 @@ def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool = 
                     bf16: bool = False, graph: bool = False, compile_sine: bool = True) -> list[str]:
     from .peers import LEARN2LEARN_ALGOS
 
+    cfg = _config(algo, preset)
+
     def wanted(impl: str) -> bool:
         if impl == "learn2learn":
             return learn2learn and algo in LEARN2LEARN_ALGOS
         if impl == "compiled":
             return compiled or (compile_sine and preset in COMPILED_BY_DEFAULT)
         if impl == "channels-last":
-            return _config(algo, preset).task != "sine"
+            return cfg.task != "sine"
         if impl == "compiled-cl":
-            return compiled and _config(algo, preset).task != "sine"
+            return compiled and cfg.task != "sine"
         if impl == "bf16":
             return bf16
         if impl == "graph":
             return graph
         if impl == "graph-batched":
-            return graph and not _config(algo, preset).batched
+            return graph and not cfg.batched
         if impl == "compiled-graph":
             return graph and compiled
         if impl == "passes":

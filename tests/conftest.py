@@ -5,6 +5,13 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+BEFORE_NORM = {f"{i}.bias" for i in (0, 3, 6, 9)}
+"""The Omniglot CNN's conv biases before batch norm: their gradient is exactly 0 in exact
+arithmetic, and Adam turns its float rounding noise (different for any two
+implementations) into steps of inner_lr; batch norm subtracts them again, so they never
+change what the network computes."""
+BEFORE_NORM_STATE = {f"{m}.{k}" for m in "mv" for k in BEFORE_NORM}
+"""Their Adam moments, as keys of an inner optimizer state."""
 
 
 def omniglot_root() -> Path:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench.cli import main
+from conftest import BEFORE_NORM
 
 SINE = ["--preset", "sine", "--set", "meta_iters=120", "--set", "eval_tasks=50", "--set", "eval_every=40",
         "--set", "eval_every_tasks=20", "--set", "log_every=20", "--set", "snapshots=2"]
@@ -16,10 +17,6 @@ SINE = ["--preset", "sine", "--set", "meta_iters=120", "--set", "eval_tasks=50",
 # task) and the MAML preset (batched over tasks, second order), a few meta-iterations.
 OMNIGLOT = ["--set", "meta_iters=4", "--set", "meta_batch=3", "--set", "eval_tasks=10", "--set", "eval_steps=2",
             "--set", "log_every=1", "--set", "eval_every=0", "--set", "snapshots=0"]
-BEFORE_NORM = {f"{i}.bias" for i in (0, 3, 6, 9)}
-"""The conv biases before batch norm: their gradient is exactly 0 in exact arithmetic, and
-Adam turns its float rounding noise (different for any two implementations) into steps of
-inner_lr; batch norm subtracts them again, so they never change what the network computes."""
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ from bench.episodes import Episode
 from bench.models import build_model, task_loss
 from bench.peers import learn2learn_version
 from bench.runner import train_episodes
+from conftest import BEFORE_NORM
 
 CPU = torch.device("cpu")
 COLUMNS = ["algo", "implementation", "device", "preset", "task", "ways", "shots", "train_shots", "query_shots",
@@ -71,10 +72,9 @@ def test_naive_reptile_makes_the_suites_update(float64, batched):
     theirs = dict(model.named_parameters())
     # The conv biases before batch norm have an exact gradient of 0: what Adam makes of the
     # two implementations' rounding noise (~1e-17 over eps 1e-8) moves them by ~1e-10, alike.
-    before_norm = {f"{i}.bias" for i in (0, 3, 6, 9)}
-    assert worst({k: v for k, v in ours.items() if k not in before_norm}, theirs) <= 1e-12
-    assert worst({k: ours[k] for k in before_norm}, params) <= 1e-8
-    assert worst({k: theirs[k] for k in before_norm}, params) <= 1e-8
+    assert worst({k: v for k, v in ours.items() if k not in BEFORE_NORM}, theirs) <= 1e-12
+    assert worst({k: ours[k] for k in BEFORE_NORM}, params) <= 1e-8
+    assert worst({k: theirs[k] for k in BEFORE_NORM}, params) <= 1e-8
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -245,7 +245,6 @@ def test_naive_maml_refuses_an_adam_inner_loop():
     cfg, model, episodes = setup("omniglot-5w1s", "maml", meta_batch=1)
     with pytest.raises(Exception, match="SGD inner loop"):
         naive.maml(model, torch.optim.SGD(model.parameters(), lr=0.0), episodes, cfg)
-
 
 
 def test_compiled_rows_with_and_without_channels_last_on_request():
