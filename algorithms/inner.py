@@ -12,6 +12,7 @@ behaviour, PAPERS.md section 4) stays inside the computation.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -142,15 +143,62 @@ def _plain() -> bool:
 
 
 def _steps(loss, opt, params, state, xs, ys, *, keep_grads: bool):
-    step_grad = _autograd_grad_and_value(loss) if _plain() else grad_and_value(loss)
+    step = _compiled_step(loss, opt, keep_grads) if _COMPILE_STEPS and _plain() else partial(_step, loss, opt)
     losses, grads_seen = [], []
     for s in range(xs.shape[0]):
-        grads, value = step_grad(params, xs[s], ys[s])
-        params, state = opt.step(params, grads, state)
+        params, state, value, grads = step(params, state, xs[s], ys[s])
         losses.append(value)
         if keep_grads:
             grads_seen.append(grads)
     return params, state, torch.stack(losses), grads_seen
+
+
+def _step(loss, opt, params, state, x, y):
+    """One inner step on the minibatch (x, y): (new params, new state, loss, gradients)."""
+    step_grad = _autograd_grad_and_value(loss) if _plain() else grad_and_value(loss)
+    grads, value = step_grad(params, x, y)
+    params, state = opt.step(params, grads, state)
+    return params, state, value, grads
+
+
+_COMPILE_STEPS = False
+
+
+@contextmanager
+def compiled_steps(on: bool = True):
+    """Inside it (when `on`), the inner steps that run plain (outside torch.func
+    transforms: the serial paths, `bench.runner.compiles_whole` says where) run compiled
+    by torch.compile, one step at a time: the step of a task loss and optimizer is compiled
+    once (seconds) and called for every minibatch, where compiling a whole meta-iteration
+    unrolls all its steps (minutes). The same operations as `_step` under a transform,
+    equal to the plain step within float tolerance."""
+    global _COMPILE_STEPS
+    before, _COMPILE_STEPS = _COMPILE_STEPS, _COMPILE_STEPS or on
+    try:
+        yield
+    finally:
+        _COMPILE_STEPS = before
+
+
+def _compiled_step(loss, opt, keep_grads: bool):
+    """The compiled step of this loss and optimizer, kept on the loss function (so it lives
+    as long as the run's loss) for every later call."""
+    by_opt = vars(loss).setdefault("_compiled_steps", {})
+    if (opt, keep_grads) not in by_opt:
+        def step(params, state, x, y):
+            params, state, value, grads = _step(loss, opt, params, state, x, y)
+            return params, state, value, grads if keep_grads else {}
+        by_opt[opt, keep_grads] = compile_fn(step)
+    return by_opt[opt, keep_grads]
+
+
+def compile_fn(fn):
+    """torch.compile(fn) for fixed shapes. Compiled code is cached per function body and
+    guarded on what it closes over, so every run in a process (a speed table's rows, a
+    test session's runs) adds an entry for the same body: the limit on entries, past which
+    torch silently runs the function uncompiled, is raised from its default of 8."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(fn, dynamic=False)
 
 
 PerTask = Callable[..., tuple[Params, State, Tensor]]

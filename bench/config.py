@@ -148,10 +148,11 @@ class Config:
     """Evaluation tasks adapted in one batched computation; 0 chooses by device (25 on the
     CPU, where larger batches of per-task convolutions run slower, 1000 on a GPU)."""
     compile: bool
-    """Compile each meta-iteration's computation (the algorithm's meta-gradient) with
-    torch.compile. The first meta-iteration pays a one-off compilation (tens of seconds
-    for the sine MLP, minutes for the CNNs on the CPU); the compiled code computes the
-    same maths with fused kernels, equal to the plain path within float tolerance."""
+    """Compile the meta-iteration's computation with torch.compile: on the serial paths
+    (MAML's aside) each inner step, compiled once and called for every minibatch (seconds
+    of compilation); on the batched paths and MAML the whole meta-iteration, its steps
+    unrolled (minutes for the CNNs on the CPU). The compiled code computes the same maths
+    with fused kernels, equal to the plain path within float tolerance."""
     cuda_graph: bool
     """Record each meta-iteration's computation as a CUDA graph once and replay it
     (`bench.graphs`): one launch instead of hundreds of small kernel launches from
@@ -159,9 +160,10 @@ class Config:
     `compile`, the compiled computation is recorded: its fused kernels, replayed."""
     channels_last: bool
     """Keep the convolution weights and the images in channels-last memory order (NHWC).
-    On the CPU it speeds up the compiled serial path (oneDNN's convolutions on NHWC
-    tensors, no layout copies) and slows the batched ones, whose vmapped convolutions
-    become grouped ones (see README, speed). No effect on the sine MLP; the same maths,
+    CPU only (on CUDA torch cannot differentiate its convolutions under vmap, which
+    evaluation uses: `bench.models.check_layout`). It speeds up the compiled serial path
+    (oneDNN's convolutions on NHWC tensors, no layout copies) and slows the batched ones,
+    whose vmapped convolutions become grouped ones (see README, speed). No effect on the sine MLP; the same maths,
     equal to the default order within float tolerance."""
     autocast: str
     """"off": float32 throughout, on a GPU too (PyTorch's default lets cuDNN convolutions

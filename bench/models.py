@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import Config
+from .errors import ConfigError
 
 
 def _glorot_(module: nn.Module) -> None:
@@ -92,6 +93,15 @@ def memory_format(cfg: Config) -> torch.memory_format:
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
+def check_layout(cfg: Config, device: torch.device) -> None:
+    """channels_last = true runs on the CPU only: on CUDA, torch cannot differentiate a
+    channels-last convolution under vmap ("NYI: Tensor.clone(memory_format) inside vmap",
+    torch 2.11), and evaluation always adapts its tasks under vmap."""
+    if cfg.channels_last and device.type == "cuda":
+        raise ConfigError("channels_last=true is for the CPU: on CUDA torch cannot differentiate its convolutions "
+                          "under vmap, which evaluation uses: --set channels_last=false")
+
+
 def laid_out(tensors: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     """`tensors` with the 4-D ones (convolution weights, their optimizer moments) in the
     memory order cfg.channels_last asks for: for tensors loaded from a checkpoint, which
@@ -130,8 +140,11 @@ def forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, 
     the output is float32 either way. Batch norm stays in float32 because its statistics
     over a few examples are the precision-sensitive part, and because its backward under
     vmap refuses mixed precision. "tf32" and "off" differ only in `set_precision`'s flags.
-    With cfg.channels_last, image batches go in channels-last order."""
-    set_precision(cfg.autocast)
+    With cfg.channels_last, image batches go in channels-last order. The precision flags
+    are set here, but not while torch.compile traces (the caller of compiled code sets
+    them: `bench.runner._executed`)."""
+    if not torch.compiler.is_compiling():
+        set_precision(cfg.autocast)
     if cfg.channels_last and x.dim() == 4:
         x = _channels_last_images(x)
     if cfg.autocast != "bf16":

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from algorithms import ALGORITHMS, QUERY_ALGORITHMS, inner_optimizer, parse_terms
+from algorithms import ALGORITHMS, QUERY_ALGORITHMS, inner_optimizer, maml, parse_terms
+from algorithms.inner import compile_fn, compiled_steps
 from algorithms.base import MetaStep
 
 from .checkpoint import FORMAT, CheckpointClock, resume_point, rng_states, set_rng_states
@@ -31,7 +32,7 @@ from .episodes import Episode
 from .errors import BenchError, ConfigError, TrainingDiverged
 from .evaluate import evaluate, sine_predictions
 from .graphs import GraphedFunction, check_device
-from .models import build_model, laid_out, task_loss
+from .models import build_model, check_layout, laid_out, set_precision, task_loss
 from .protocols import eval_config, protocols
 from .results import (FAILED, FINISHED, RUNNING, CHECKPOINT, MetricsWriter, RunLock, check_writable, clear_run,
                       clear_temporaries, environment, has_run, read_state, run_dir, run_method,
@@ -80,27 +81,44 @@ def train_episodes(sampler, cfg: Config, algo: str) -> Episode:
     return sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps, cfg.inner_batch).shared_tail()
 
 
-def _executed(fn, cfg: Config):
+def _executed(fn, cfg: Config, whole: bool = True):
     """fn(params, inner_state, tensors) -> (grad, inner_state, logs) as the run's settings
-    execute it: compiled by torch.compile when cfg.compile, recorded as a CUDA graph and
-    replayed when cfg.cuda_graph (`bench.graphs`: the returned tensors are then
-    overwritten by the next call), both when both are set, else as it is; always under
-    torch.no_grad (the torch.func transforms inside still differentiate)."""
+    execute it, always under torch.no_grad (the torch.func transforms inside still
+    differentiate). With cfg.compile: compiled by torch.compile, the whole computation when
+    `whole`, else each plain inner step (`algorithms.inner.compiled_steps`: seconds to
+    compile instead of minutes, for the serial paths whose steps run outside torch.func
+    transforms). With cfg.cuda_graph: recorded as a CUDA graph and replayed
+    (`bench.graphs`: the returned tensors are then overwritten by the next call); with
+    both, the graph's two warm-up calls compile and its recording captures the compiled
+    kernels."""
     def plain(params, inner_state, tensors):
-        with torch.no_grad():
+        with torch.no_grad(), compiled_steps(cfg.compile and not whole):
             return fn(params, inner_state, tensors)
-    run = torch.compile(plain, dynamic=False) if cfg.compile else plain
-    # with both: the graph's two warm-up calls compile, its recording captures the compiled kernels
-    return GraphedFunction(run) if cfg.cuda_graph else run
+    run = compile_fn(plain) if cfg.compile and whole else plain
+    run = GraphedFunction(run) if cfg.cuda_graph else run
+
+    def executed(*args):
+        set_precision(cfg.autocast)  # outside compiled code, which cannot read the flags
+        return run(*args)
+    return executed
+
+
+def compiles_whole(algorithm, cfg: Config) -> bool:
+    """Whether `compile` compiles the whole meta-iteration rather than each inner step:
+    where the tasks run under vmap (batched), where MAML differentiates through the inner
+    steps, and for the sine MLP, whose steps are too short for a compiled call per step to
+    pay (on a 2-core CPU, in one process: 1.13 ms per meta-iteration step by step, 0.705
+    whole; its whole meta-iteration compiles in about 10 s)."""
+    return cfg.batched or algorithm is maml or cfg.task == "sine"
 
 
 def meta_step_fn(algorithm, loss, cfg: Config):
     """compute(params, inner_state, episodes) -> MetaStep: the algorithm's computation for
-    one meta-batch with the run's settings (see `_executed`)."""
+    one meta-batch with the run's settings (see `_executed` and `compiles_whole`)."""
     def step(params, inner_state, tensors):
         out = algorithm(loss, params, inner_state, Episode(*tensors), cfg)
         return out.grad, out.inner_state, out.logs
-    executed = _executed(step, cfg)
+    executed = _executed(step, cfg, whole=compiles_whole(algorithm, cfg))
 
     def compute(params, inner_state, episodes):
         grad, state, logs = executed(params, inner_state, episodes._tensors())
@@ -201,6 +219,7 @@ def run_seeds(cfg: Config, *, algo: str, preset: str, seeds: list[int], batch_se
     dev = resolve_device(device)
     if cfg.cuda_graph:
         check_device(dev)
+    check_layout(cfg, dev)
     clock = CheckpointClock(checkpoint_every)
 
     # Every check, for every run, before the first write: a refused command leaves every

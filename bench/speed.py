@@ -10,12 +10,14 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
   draw the meta-batch, the algorithm's meta-gradient, the outer step), with the tasks of
   the meta-batch under `torch.func.vmap` or one after another;
 - `compiled`: the preset's own path (batched or serial) with `compile = true`
-  (torch.compile); by default only for `sine` on the CPU, for every case with `--compiled` (the
-  CNNs' meta-iteration takes minutes to compile on the CPU); `first_call_s` shows the
+  (torch.compile); by default for the cases that compile in seconds (the CNNs' serial
+  paths but MAML's, which compile each inner step, and the sine MLP), for every case with
+  `--compiled` (the CNNs' batched paths and MAML compile their whole meta-iteration:
+  minutes on the CPU), for none with `--no-compiled`; `first_call_s` shows the
   compilation;
 - `channels-last`: the preset's own path with `channels_last = true` (convolution weights
-  and images in NHWC order), for the CNNs; `compiled-cl`: the same compiled, with
-  `--compiled`;
+  and images in NHWC order), for the CNNs on the CPU (the setting is CPU-only:
+  `bench.models.check_layout`); `compiled-cl`: the same compiled, where `compiled` runs;
 - `bf16`: the preset's own path with `autocast = "bf16"` (convolutions and linear layers
   in bfloat16; it changes results slightly); by default on CUDA only, everywhere with
   `--bf16`;
@@ -23,7 +25,7 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
   `cuda_graph = true` (the meta-iteration recorded as a CUDA graph once and replayed:
   `bench.graphs`); on CUDA only (`graph-batched` only where the preset's own path is the
   serial one); `compiled-graph`: the preset's own path with both `compile` and
-  `cuda_graph`, on CUDA with `--compiled`;
+  `cuda_graph`, on CUDA where `compiled` runs;
 - `seeds`: SEEDS (5) runs of the preset's own path trained together (`run --seeds 0-4
   --batch-seeds`: the runs stacked on a leading dimension under vmap); its time is per
   run, the group's divided by 5, and its peak memory the group's;
@@ -65,6 +67,7 @@ CPU column is left empty.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import math
 import statistics
@@ -101,27 +104,39 @@ def cases(algos: list[str]) -> list[Case]:
 PASSES = ("reptile", "joint", "fomaml")
 """The algorithms whose `passes` row is their forward and backward passes alone (MAML's
 second-order passes have no plain-module equivalent)."""
-COMPILED_BY_DEFAULT = ("sine",)
-"""The presets whose `compiled` row runs without --compiled on the CPU: compiling the CNNs'
-meta-iteration takes minutes there, the sine MLP's about half a minute. On CUDA, where the
-`graph` rows remove the launch overhead that compilation would, none runs without --compiled."""
 
 
-def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool = False,
-                    bf16: bool = False, graph: bool = False, compile_sine: bool = True) -> list[str]:
+def compiles_quickly(algo: str, preset: str) -> bool:
+    """Whether the preset's own path compiles in seconds: each inner step of the CNNs'
+    serial paths (`bench.runner.compiles_whole`), or the sine MLP's whole meta-iteration;
+    a CNN's whole meta-iteration (the batched paths, MAML) takes minutes on the CPU."""
+    from algorithms import ALGORITHMS
+
+    from .runner import compiles_whole
+
+    cfg = _config(algo, preset)
+    return cfg.task == "sine" or not compiles_whole(ALGORITHMS[algo], cfg)
+
+
+def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool | None = None,
+                    bf16: bool = False, graph: bool = False) -> list[str]:
+    """The rows of a case. compiled: True for the compiled rows of every case, False for
+    none, None (the default) for those of the cases that compile in seconds."""
     from .peers import LEARN2LEARN_ALGOS
 
     cfg = _config(algo, preset)
+    if compiled is None:
+        compiled = compiles_quickly(algo, preset)
 
     def wanted(impl: str) -> bool:
         if impl == "learn2learn":
             return learn2learn and algo in LEARN2LEARN_ALGOS
         if impl == "compiled":
-            return compiled or (compile_sine and preset in COMPILED_BY_DEFAULT)
+            return compiled
         if impl == "channels-last":
-            return cfg.task != "sine"
+            return cfg.task != "sine" and not graph  # CPU only (bench.models.check_layout)
         if impl == "compiled-cl":
-            return compiled and cfg.task != "sine"
+            return compiled and cfg.task != "sine" and not graph
         if impl == "bf16":
             return bf16
         if impl == "graph":
@@ -378,7 +393,7 @@ def cuda_peak(fn: Callable[[], None], device) -> float:
 # The table ---------------------------------------------------------------------------
 
 def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None = None,
-            threads: int | None = None, compiled: bool = False, bf16: bool | None = None
+            threads: int | None = None, compiled: bool | None = None, bf16: bool | None = None
             ) -> tuple[list[dict], dict]:
     """Every case and implementation of `algos`, timed and measured; returns the CSV rows
     and what the run did: `warmup`, `rounds` and learn2learn's version (None when it is
@@ -395,7 +410,7 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
     bf16 = device.type == "cuda" if bf16 is None else bf16
     graph = device.type == "cuda"
     keys = [(a, p, i) for a, p in cases(algos)
-            for i in implementations(a, p, l2l is not None, compiled, bf16, graph, compile_sine=not graph)]
+            for i in implementations(a, p, l2l is not None, compiled, bf16, graph)]
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -454,9 +469,10 @@ def add_parser(sub) -> None:
     s.add_argument("--rounds", type=int, default=None,
                    help="timed rounds, exactly (replaces the default's or --quick's)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
-    s.add_argument("--compiled", action="store_true",
-                   help="a `compiled` row (torch.compile) for every case; by default only for "
-                        f"{', '.join(COMPILED_BY_DEFAULT)} (the CNNs take minutes to compile on the CPU)")
+    s.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=None,
+                   help="the compiled rows (torch.compile) for every case, or with --no-compiled for none; "
+                        "by default for the cases that compile in seconds (the CNNs' serial paths, each "
+                        "inner step, and sine; the CNNs' batched paths and MAML: minutes)")
     s.add_argument("--bf16", action="store_true", default=None,
                    help="a `bf16` row (autocast=bf16) for every case; the default on CUDA")
     s.add_argument("--out", default=None, help="CSV to write (default: results/speed/<device>.csv)")

@@ -45,3 +45,40 @@ def user_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BENCH_CACHE", str(path))
         yield path
+
+
+class InDefaultDtype:
+    """A sampler whose episodes are in the default dtype (float64 under the `float64` fixture)."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def sample(self, *args):
+        from bench.episodes import Episode
+
+        dtype = torch.get_default_dtype()
+        return Episode(*(t.to(dtype) if t.is_floating_point() else t for t in self.sampler.sample(*args)._tensors()))
+
+
+def train(algo: str, preset: str, iters: int, device: str = "cpu", **changes):
+    """`iters` meta-iterations of the suite's path (`bench.runner.meta_iteration`) with the
+    preset's settings and `changes`, on random data (bench.speed's sampler, seed 0), in
+    the default dtype; returns the parameters, the carried inner state and the last logs."""
+    from algorithms import ALGORITHMS, inner_optimizer
+    from bench.models import build_model, task_loss
+    from bench.runner import meta_iteration, meta_step_fn
+    from bench.speed import _config, _outer_optimizer, _sampler
+
+    cfg = _config(algo, preset).replace(**changes)
+    dev = torch.device(device)
+    sampler = InDefaultDtype(_sampler(cfg, dev))
+    torch.manual_seed(0)
+    model = build_model(cfg).to(dev)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    compute = meta_step_fn(ALGORITHMS[algo], task_loss(model, cfg), cfg)
+    opt = _outer_optimizer(cfg, list(params.values()))
+    state = inner_optimizer(cfg).init(params)
+    for _ in range(iters):
+        step = meta_iteration(compute, algo, params, state, sampler, opt, cfg)
+        state = step.inner_state
+    return params, {k: v.clone() for k, v in state.items()}, {k: v.clone() for k, v in step.logs.items()}

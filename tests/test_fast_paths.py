@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from conftest import BEFORE_NORM
+from conftest import BEFORE_NORM, BEFORE_NORM_STATE, train
 
 SINE = ["--preset", "sine", "--set", "meta_iters=120", "--set", "eval_tasks=50", "--set", "eval_every=40",
         "--set", "eval_every_tasks=20", "--set", "log_every=20", "--set", "snapshots=2"]
@@ -129,6 +129,39 @@ def test_compiled_meta_iterations_equal_the_plain_ones(tmp_path, capsys):
     assert_close(params(ra), params(rb), atol=1e-5)
 
 
+@pytest.mark.parametrize("algo,preset,batched,step_by_step", [
+    ("reptile", "omniglot-5w1s", False, True),  # the CNN's serial path: each plain inner step compiled
+    ("fomaml", "omniglot-5w1s", False, True),   # its inner steps compiled, its query gradient plain
+    ("reptile", "sine", False, False),          # the MLP's steps are too short: the whole meta-iteration
+    ("reptile", "sine", True, False),           # the tasks under vmap: the whole meta-iteration
+    ("maml", "sine", False, False),             # differentiates through the inner steps: the whole one
+])
+def test_compiled_paths_equal_the_plain_ones_in_float64(float64, monkeypatch, algo, preset, batched, step_by_step):
+    from algorithms import inner
+    from bench import runner
+
+    compiled_fns, original = [], inner.compile_fn
+
+    def compile_fn(fn):
+        compiled_fns.append(fn.__qualname__)
+        return original(fn)
+    monkeypatch.setattr(runner, "compile_fn", compile_fn)
+    monkeypatch.setattr(inner, "compile_fn", compile_fn)
+    changes = {"batched": batched, "inner_steps": 3, "meta_batch": 2}
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = train(algo, preset, 2, compile=True, **changes)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # something was compiled
+    # step by step or whole, as the path asks
+    assert compiled_fns == (["_compiled_step.<locals>.step"] if step_by_step else ["_executed.<locals>.plain"])
+    plain = train(algo, preset, 2, **changes)
+    for a, b in zip(plain, compiled):
+        assert a.keys() == b.keys()
+        for k in a.keys() - BEFORE_NORM - BEFORE_NORM_STATE:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-12, msg=f"{algo} {preset}: {k}")
+    assert plain[2]["loss"] != train(algo, preset, 1, **changes)[2]["loss"]  # the steps did something
+
+
 def test_bf16_forward_computes_convolutions_in_bfloat16_and_returns_float32():
     from bench.config import load_config
     from bench.models import build_model, forward
@@ -233,6 +266,19 @@ def test_channels_last_runs_train_like_the_default_order(tmp_path, capsys, omnig
     assert_close({k: v for k, v in saved.items() if k not in BEFORE_NORM}, params(rb, BEFORE_NORM), atol=2e-2)
     assert saved["3.weight"].is_contiguous(memory_format=torch.channels_last)
     assert not saved["3.weight"].is_contiguous()
+
+
+def test_channels_last_is_refused_on_cuda_in_one_line():
+    from bench.config import load_config
+    from bench.errors import ConfigError
+    from bench.models import check_layout
+
+    cfg = load_config("omniglot-5w1s").replace(channels_last=True)
+    check_layout(cfg, torch.device("cpu"))
+    check_layout(cfg.replace(channels_last=False), torch.device("cuda"))
+    with pytest.raises(ConfigError, match="channels_last=true is for the CPU") as e:
+        check_layout(cfg, torch.device("cuda"))
+    assert "\n" not in str(e.value) and "--set channels_last=false" in str(e.value)
 
 
 def test_channels_last_images_and_weights_reach_every_convolution():

@@ -146,15 +146,16 @@ def read(path):
 def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
     l2l = learn2learn_version()
     out = tmp_path / "speed.csv"
-    assert main(["speed", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["speed", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu", "--no-compiled",
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     header, rows = read(out)
     assert header == COLUMNS
     expected = [(a, p, i) for a, p in [("reptile", "omniglot-5w1s"), ("reptile", "sine"),
                                        ("fomaml", "omniglot-5w1s-maml"), ("maml", "omniglot-5w1s-maml"),
                                        ("joint", "omniglot-5w1s")]
-                for i in ["batched", "serial", "channels-last", "compiled", "seeds", "naive", "learn2learn", "passes"]
-                if (i != "learn2learn" or (l2l and a in ("maml", "fomaml"))) and (i != "compiled" or p == "sine")
+                for i in ["batched", "serial", "channels-last", "seeds", "naive", "learn2learn", "passes"]
+                if (i != "learn2learn" or (l2l and a in ("maml", "fomaml")))
                 and (i != "channels-last" or p != "sine")
                 and (i != "passes" or a != "maml")]
     assert [(r["algo"], r["preset"], r["implementation"]) for r in rows] == expected
@@ -182,7 +183,8 @@ def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
 def test_speed_writes_results_speed_device_csv_by_default(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(2)
-    assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu"]) == 0
+    assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu",
+                 "--no-compiled"]) == 0
     assert torch.get_num_threads() == 2  # --threads is the run's, not the caller's
     header, rows = read(tmp_path / "results" / "speed" / "cpu.csv")
     assert header == COLUMNS and [r["implementation"] for r in rows] == ["batched", "serial", "channels-last",
@@ -193,7 +195,7 @@ def test_speed_writes_results_speed_device_csv_by_default(tmp_path, monkeypatch,
 def test_speed_bf16_rows_on_request(tmp_path):
     out = tmp_path / "speed.csv"
     assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu",
-                 "--bf16", "--out", str(out)]) == 0
+                 "--bf16", "--no-compiled", "--out", str(out)]) == 0
     _, rows = read(out)
     assert [r["implementation"] for r in rows] == ["batched", "serial", "channels-last", "bf16", "seeds", "naive",
                                                    "passes"]
@@ -247,16 +249,23 @@ def test_naive_maml_refuses_an_adam_inner_loop():
         naive.maml(model, torch.optim.SGD(model.parameters(), lr=0.0), episodes, cfg)
 
 
-def test_compiled_rows_with_and_without_channels_last_on_request():
+def test_compiled_rows_by_default_where_the_path_compiles_in_seconds():
     from bench.speed import implementations
 
-    assert implementations("reptile", "omniglot-5w1s", False) == ["batched", "serial", "channels-last", "seeds",
-                                                                  "naive", "passes"]
-    assert implementations("reptile", "omniglot-5w1s", False, compiled=True) == [
+    # the CNNs' serial paths compile each inner step, the sine MLP its whole meta-iteration
+    # (seconds): compiled rows by default
+    assert implementations("reptile", "omniglot-5w1s", False) == [
         "batched", "serial", "channels-last", "compiled", "compiled-cl", "seeds", "naive", "passes"]
-    assert implementations("reptile", "sine", False, compiled=True) == ["batched", "serial", "compiled", "seeds",
-                                                                        "naive", "passes"]
-    on_cuda = implementations("maml", "omniglot-5w1s-maml", False, compiled=True, graph=True, compile_sine=False)
-    assert on_cuda == ["batched", "serial", "channels-last", "compiled", "compiled-cl", "graph", "compiled-graph",
-                       "seeds", "naive"]
-    assert "compiled-graph" not in implementations("maml", "omniglot-5w1s-maml", False, graph=True)
+    assert implementations("reptile", "omniglot-5w1s", False, compiled=False) == [
+        "batched", "serial", "channels-last", "seeds", "naive", "passes"]
+    assert implementations("reptile", "sine", False) == ["batched", "serial", "compiled", "seeds", "naive", "passes"]
+    # on CUDA (graph rows): no channels-last rows, a CPU-only setting
+    assert implementations("joint", "omniglot-5w1s", False, graph=True) == [
+        "batched", "serial", "compiled", "graph", "graph-batched", "compiled-graph", "seeds", "naive", "passes"]
+    # MAML's batched path compiles its whole meta-iteration (minutes): only with --compiled
+    assert implementations("maml", "omniglot-5w1s-maml", False, graph=True) == [
+        "batched", "serial", "graph", "seeds", "naive"]
+    on_cuda = implementations("maml", "omniglot-5w1s-maml", False, compiled=True, graph=True)
+    assert on_cuda == ["batched", "serial", "compiled", "graph", "compiled-graph", "seeds", "naive"]
+    assert implementations("maml", "omniglot-5w1s-maml", False, compiled=True) == [
+        "batched", "serial", "channels-last", "compiled", "compiled-cl", "seeds", "naive"]
