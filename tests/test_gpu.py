@@ -116,9 +116,9 @@ def test_graphed_seeds_together_match_plain(float64):
 
 
 @pytest.mark.parametrize("algo,preset,batched", [
-    ("reptile", "sine", False),           # each inner step compiled (the MLP)
-    ("reptile", "omniglot-5w1s", False),  # each inner step compiled (the CNN): the preset's path
-    ("reptile", "sine", True),            # the whole meta-iteration compiled
+    ("reptile", "sine", False),           # the MLP: its whole meta-iteration compiled
+    ("reptile", "omniglot-5w1s", False),  # the CNN: each inner step compiled (the preset's path)
+    ("reptile", "sine", True),            # the tasks under vmap: the whole meta-iteration compiled
 ])
 def test_compiled_and_graphed_meta_iterations_match_plain(float64, algo, preset, batched):
     # compile and cuda_graph together: the graph's warm-up calls compile, its recording
