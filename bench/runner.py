@@ -107,8 +107,9 @@ def compiles_whole(algorithm, cfg: Config) -> bool:
     """Whether `compile` compiles the whole meta-iteration rather than each inner step:
     where the tasks run under vmap (batched), where MAML differentiates through the inner
     steps, and for the sine MLP, whose steps are too short for a compiled call per step to
-    pay (on a 2-core CPU, in one process: 1.13 ms per meta-iteration step by step, 0.705
-    whole; its whole meta-iteration compiles in about 10 s)."""
+    pay (on a 2-core CPU, in one process, before the C++ wrapper of `compile_fn`: 1.13 ms
+    per meta-iteration step by step, 0.705 whole; its whole meta-iteration compiles in 6
+    to 10 s)."""
     return cfg.batched or algorithm is maml or cfg.task == "sine"
 
 
