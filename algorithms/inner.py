@@ -12,6 +12,7 @@ behaviour, PAPERS.md section 4) stays inside the computation.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -193,24 +194,55 @@ def _compiled_step(loss, opt, keep_grads: bool):
     return by_opt[opt, keep_grads]
 
 
+_ISOLATES = "isolate_recompiles" in inspect.signature(torch.compile).parameters
+
+
+def _unchanging(guards) -> list[bool]:
+    """The guards to keep: all but those on nn.Modules and on module-level names."""
+    modules = torch.compiler.skip_guard_on_all_nn_modules_unsafe(guards)
+    names = torch.compiler.skip_guard_on_globals_unsafe(guards)
+    return [a and b for a, b in zip(modules, names)]
+
+
 def compile_fn(fn):
     """torch.compile(fn) for fixed shapes, made at the first call for the device of its
     first tensor argument: on the CPU with Inductor's C++ wrapper (the compiled kernels
     called from generated C++ rather than generated Python; the Omniglot CNN's step ran 5
-    to 8% faster with it on a 2-core CPU, in two measurements). Compiled code is cached per
-    function body and guarded on what it closes over, so every run in a process (a speed
-    table's rows, a test session's runs) adds an entry for the same body: the limit on
-    entries, past which torch silently runs the function uncompiled, is raised from its
-    default of 8."""
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    to 8% faster with it on a 2-core CPU, in two measurements).
+
+    Each call of compile_fn keeps its compiled code apart (`isolate_recompiles`): the
+    suite makes one per run (`_compiled_step`, `bench.runner._executed`), so every run in
+    a process (a speed table's rows, a test session's runs) compiles its own and never
+    meets another's. Within a run neither the network's modules (their parameters are
+    arguments, through functional_call) nor the module-level names the code calls (torch's
+    functions, the suite's) change, so the compiled code is not guarded on them
+    (`_unchanging`). Checking those guards before every call cost the Omniglot CNN's
+    compiled step a good part of its time on a 2-core CPU: per meta-iteration, 64.2 ms
+    with every guard against 58.8 without the modules' (one process), and 57.1 with
+    the modules' gone against 54.2 without the names' too (another). Guards on the
+    arguments' shapes, dtypes, strides and devices, on what else the function closes
+    over (the optimizer's settings, the run's config) and on global state (grad mode,
+    autocast) stay.
+
+    A torch without `isolate_recompiles` (an older release) shares one cache among the
+    runs of a process: there the module guards stay, since they are what tells two runs'
+    networks apart, and the limit on entries, past which torch silently runs the function
+    uncompiled, is raised from its default of 8, since every run adds one."""
     compiled = None
 
     def call(*args):
         nonlocal compiled
         if compiled is None:
             first = next((x for x in tree_flatten(args)[0] if isinstance(x, Tensor)), None)
-            cpu = first is not None and first.device.type == "cpu"
-            compiled = torch.compile(fn, dynamic=False, options={"cpp_wrapper": True} if cpu else None)
+            options, isolation = {}, {}
+            if _ISOLATES:
+                options["guard_filter_fn"] = _unchanging
+                isolation["isolate_recompiles"] = True
+            else:
+                torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            if first is not None and first.device.type == "cpu":
+                options["cpp_wrapper"] = True
+            compiled = torch.compile(fn, dynamic=False, options=options or None, **isolation)
         return compiled(*args)
     return call
 

@@ -152,7 +152,9 @@ class Config:
     (MAML's aside) each inner step, compiled once and called for every minibatch (seconds
     of compilation); on the batched paths and MAML the whole meta-iteration, its steps
     unrolled (minutes for the CNNs on the CPU). The compiled code computes the same maths
-    with fused kernels, equal to the plain path within float tolerance."""
+    with fused kernels, equal to the plain path within float tolerance; on the CPU it
+    computes the convolutions with small outputs (the Omniglot CNN's last two) as matrix
+    products (`bench.models.Conv2d`)."""
     cuda_graph: bool
     """Record each meta-iteration's computation as a CUDA graph once and replay it
     (`bench.graphs`): one launch instead of hundreds of small kernel launches from

@@ -212,3 +212,30 @@ def test_plain_inner_loop_equals_the_transformed_one_and_keeps_layouts(kind, cha
             assert layout(final[f"m.{k}"]) == layout(p) and layout(final[f"v.{k}"]) == layout(p), k
     for k, v in state.items():  # the inputs are left as they were
         assert v.data_ptr() != final[k].data_ptr()
+
+
+def test_each_compiled_function_keeps_its_own_compiled_code():
+    """Two networks with the same parameters that differ only in a module (tanh against
+    ReLU), run through one function body: each compiled call must compute its own
+    network, although the compiled code is not guarded on the modules; and a call with
+    other shapes must still compile anew."""
+    from algorithms.inner import compile_fn
+    from bench.models import SineMLP
+
+    torch.manual_seed(0)
+    nets = [SineMLP("tanh"), SineMLP("relu")]
+    nets[1].load_state_dict(nets[0].state_dict())
+    params = {k: v.detach() for k, v in nets[0].named_parameters()}
+    x = torch.linspace(-2, 2, 7).unsqueeze(1)
+
+    def outputs(net):
+        def out(params, x):
+            return torch.func.functional_call(net, params, (x,))
+        return compile_fn(out)
+    compiled = [outputs(net) for net in nets]
+    results = [f(params, x) for f in compiled]
+    assert not torch.allclose(results[0], results[1])
+    for net, result in zip(nets, results):
+        torch.testing.assert_close(result, net(x), rtol=1e-6, atol=1e-6)
+    longer = torch.linspace(-2, 2, 9).unsqueeze(1)  # the guards on the arguments' shapes stay
+    torch.testing.assert_close(compiled[1](params, longer), nets[1](longer), rtol=1e-6, atol=1e-6)

@@ -43,3 +43,46 @@ def test_cnn_init_is_glorot_uniform_with_zero_bias():
     bound = (6 / (1 * 9 + 64 * 9)) ** 0.5
     assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.9 * bound
     assert torch.count_nonzero(conv.bias) == 0
+
+
+@pytest.mark.parametrize("hw,stride,padding,channels_last,bias", [
+    (7, 2, 1, True, True),    # the Omniglot CNN's third convolution
+    (4, 2, 1, False, True),   # its fourth
+    (5, 1, 1, True, False),
+    (6, 2, 0, False, True),
+])
+def test_convolution_as_a_matrix_product_equals_conv2d(hw, stride, padding, channels_last, bias):
+    from bench.models import conv_as_matmul
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 4, hw, hw, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    w = torch.randn(6, 4, 3, 3, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    b = torch.randn(6, dtype=torch.float64).requires_grad_() if bias else None
+    leaves = [x, w] + ([b] if bias else [])
+    ours = conv_as_matmul(x, w, b, (stride, stride), (padding, padding))
+    theirs = torch.nn.functional.conv2d(x, w, b, stride, padding)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(theirs)
+    for a, e in zip(torch.autograd.grad(ours, leaves, g), torch.autograd.grad(theirs, leaves, g)):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_small_convolutions_run_as_matrix_products_only_when_compiled_for_the_cpu(monkeypatch):
+    from bench import models
+
+    calls = []
+
+    def counted(x, *args):
+        calls.append(tuple(x.shape[2:]))
+        return real(x, *args)
+    real = models.conv_as_matmul
+    monkeypatch.setattr(models, "conv_as_matmul", counted)
+    torch.manual_seed(0)
+    model = OmniglotCNN(5).double()
+    x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    eager = model(x)
+    assert calls == []
+    compiled = torch.compile(model, backend="eager", dynamic=False)(x)  # only the tracing decides
+    assert calls == [(7, 7), (4, 4)]  # the inputs of the two convolutions with at most 16 output positions
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
