@@ -55,10 +55,12 @@ class Conv2d(nn.Conv2d):
     torch.compile traces it for the CPU, are computed by `conv_as_matmul`: Inductor fuses
     the gathering of the patches into one kernel and calls one matrix product, forward
     and backward, where oneDNN's convolution pays a fixed cost per call that dominates at
-    these sizes. On a 2-core CPU, a compiled forward and backward of the Omniglot CNN's
-    third convolution (7x7 -> 4x4, batch 10) took 291 against 478 us, its fourth (4x4 ->
-    2x2) 212 against 263 us; at its second (14x14 -> 7x7, 49 positions) the matrix product
-    was no faster. The same numbers up to the order of a float sum."""
+    these sizes. On a 2-core CPU (medians of 40 interleaved rounds, channels-last, batch
+    10), a compiled forward and backward of the Omniglot CNN's third convolution (7x7 ->
+    4x4) took 279 against 358 us, of its fourth (4x4 -> 2x2) 136 against 269 us; of its
+    second (14x14 -> 7x7, 49 positions) 636 against 620 us, and of its first (one input
+    channel, 196 positions) 265 against 210 us. The same numbers up to the order of a
+    float sum."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._as_matmul(x):
