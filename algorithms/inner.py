@@ -194,7 +194,9 @@ def _compiled_step(loss, opt, keep_grads: bool):
     return by_opt[opt, keep_grads]
 
 
-_ISOLATES = "isolate_recompiles" in inspect.signature(torch.compile).parameters
+_ISOLATES = ("isolate_recompiles" in inspect.signature(torch.compile).parameters
+             and hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe")
+             and hasattr(torch.compiler, "skip_guard_on_globals_unsafe"))
 
 
 def _unchanging(guards) -> list[bool]:
@@ -224,10 +226,11 @@ def compile_fn(fn):
     over (the optimizer's settings, the run's config) and on global state (grad mode,
     autocast) stay.
 
-    A torch without `isolate_recompiles` (an older release) shares one cache among the
-    runs of a process: there the module guards stay, since they are what tells two runs'
-    networks apart, and the limit on entries, past which torch silently runs the function
-    uncompiled, is raised from its default of 8, since every run adds one."""
+    A torch without `isolate_recompiles` or those guard filters (an older release) shares
+    one cache among the runs of a process: there every guard stays, since the module
+    guards are what tells two runs' networks apart, and the limit on entries, past which
+    torch silently runs the function uncompiled, is raised from its default of 8, since
+    every run adds one."""
     compiled = None
 
     def call(*args):

@@ -214,13 +214,18 @@ def test_plain_inner_loop_equals_the_transformed_one_and_keeps_layouts(kind, cha
         assert v.data_ptr() != final[k].data_ptr()
 
 
-def test_each_compiled_function_keeps_its_own_compiled_code():
+@pytest.mark.parametrize("isolates", [True, False])
+def test_each_compiled_function_keeps_its_own_compiled_code(monkeypatch, isolates):
     """Two networks with the same parameters that differ only in a module (tanh against
     ReLU), run through one function body: each compiled call must compute its own
-    network, although the compiled code is not guarded on the modules; and a call with
-    other shapes must still compile anew."""
+    network, although the compiled code is not guarded on the modules (or, with a torch
+    that cannot keep compiled code apart, is); and a call with other shapes must still
+    compile anew."""
+    from algorithms import inner
     from algorithms.inner import compile_fn
     from bench.models import SineMLP
+
+    monkeypatch.setattr(inner, "_ISOLATES", isolates and inner._ISOLATES)
 
     torch.manual_seed(0)
     nets = [SineMLP("tanh"), SineMLP("relu")]
