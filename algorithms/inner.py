@@ -155,6 +155,13 @@ def _steps(loss, opt, params, state, xs, ys, *, keep_grads: bool):
     return params, state, torch.stack(losses), grads_seen
 
 
+def inner_step(loss: TaskLoss, opt: InnerOptimizer, params: Params, state: State, x: Tensor, y: Tensor
+               ) -> tuple[Params, State]:
+    """One optimizer step of one task on the minibatch (x, y): the new params and state."""
+    params, state, _, _ = _step(loss, opt, params, state, x, y)
+    return params, state
+
+
 def _step(loss, opt, params, state, x, y):
     """One inner step on the minibatch (x, y): (new params, new state, loss, gradients)."""
     step_grad = _autograd_grad_and_value(loss) if _plain() else grad_and_value(loss)

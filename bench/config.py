@@ -154,7 +154,8 @@ class Config:
     unrolled (minutes for the CNNs on the CPU). The compiled code computes the same maths
     with fused kernels, equal to the plain path within float tolerance; on the CPU it
     computes the convolutions with small outputs (the Omniglot CNN's last two) as matrix
-    products (`bench.models.Conv2d`)."""
+    products (`bench.models.Conv2d`). Evaluation compiles its inner step over a chunk of
+    test tasks (vmapped) and their scoring, once per run (`bench.evaluate`)."""
     cuda_graph: bool
     """Record each meta-iteration's computation as a CUDA graph once and replay it
     (`bench.graphs`): one launch instead of hundreds of small kernel launches from
@@ -167,6 +168,15 @@ class Config:
     (oneDNN's convolutions on NHWC tensors, no layout copies) and slows the batched ones,
     whose vmapped convolutions become grouped ones (see README, speed). No effect on the sine MLP; the same maths,
     equal to the default order within float tolerance."""
+    conv_matmul: bool
+    """Compute every convolution as one matrix product over the image patches
+    (`bench.models.conv_as_matmul`: im2col by strided slices, then a matrix product)
+    instead of the library's convolution (cuDNN, oneDNN). Under vmap with weights that
+    differ per task (evaluation, the batched paths after a task's first step), the
+    library's convolution becomes one grouped convolution, slow on GPUs
+    (`python -m bench speed --evaluation` compares them); the matrix products become one
+    batched matrix product. The same maths, equal within float tolerance. Off, the
+    compiled CPU path still computes its small convolutions this way (see `compile`)."""
     autocast: str
     """"off": float32 throughout, on a GPU too (PyTorch's default lets cuDNN convolutions
     use TensorFloat-32, which the suite turns off). "tf32": float32 tensors, but

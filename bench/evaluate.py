@@ -6,7 +6,8 @@ in meta-training), then score the queries. Every task starts from the same weigh
 and the same inner optimizer state: the carried state when `inner_state` is
 "carry" (the reference restores its full state, Adam moments included, after each
 test task), a fresh one otherwise. Tasks are adapted `eval_chunk` at a time in one
-batched computation; the result does not depend on the chunk size.
+batched computation; the result does not depend on the chunk size. With `compile`,
+the inner step that adapts a chunk and the scoring are compiled (`_adapted`, `_scores`).
 
 Classification: transductive scoring classifies all N queries in one batch (they
 share batch-norm statistics); non-transductive scoring classifies each query in a
@@ -19,6 +20,7 @@ tasks x queries; its interval is a 95% Student-t interval over per-task accuraci
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,10 +29,10 @@ from torch import nn
 from torch.func import vmap
 
 from algorithms import adapt_tasks, inner_optimizer
-from algorithms.inner import Params, State
+from algorithms.inner import InnerOptimizer, Params, State, compile_fn, inner_step
 
 from .config import Config
-from .models import forward, task_loss
+from .models import forward, set_precision, task_loss
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,53 @@ def _score(model: nn.Module, cfg: Config, params: Params, support_x, query_x, qu
     return (logits.argmax(-1) == query_y).float().mean()
 
 
+def _adapted(model: nn.Module, cfg: Config, loss, opt: InnerOptimizer, params: Params, state: State,
+             xs: torch.Tensor, ys: torch.Tensor) -> Params:
+    """The chunk's tasks adapted from `params` and `state`: xs, ys are (tasks, steps,
+    batch, ...). With cfg.compile, one inner step over all the chunk's tasks (vmapped) is
+    compiled once and called for each of the eval_steps minibatches; the weights and the
+    optimizer state start as copies per task, so that every call sees the same shapes."""
+    if not cfg.compile:
+        return adapt_tasks(loss, opt, params, state, xs, ys, batched=True, chain_state=False)[0]
+    step = _compiled(model, ("step", opt, *_forward_settings(cfg)), lambda: vmap(partial(inner_step, loss, opt)))
+    n = xs.shape[0]
+    params = {k: v.expand(n, *v.shape).contiguous() for k, v in params.items()}
+    state = {k: v.expand(n, *v.shape).contiguous() for k, v in state.items()}
+    for s in range(xs.shape[1]):
+        params, state = step(params, state, xs[:, s], ys[:, s])
+    return params
+
+
+def _scores(model: nn.Module, cfg: Config, adapted: Params, ep) -> torch.Tensor:
+    """Each task's score (`_score`, vmapped over the chunk's tasks); compiled with cfg.compile."""
+    def scores():
+        return vmap(lambda p, sx, qx, qy: _score(model, cfg, p, sx, qx, qy))
+    if cfg.compile:
+        scores = _compiled(model, ("score", cfg.transductive, *_forward_settings(cfg)), scores)
+    else:
+        scores = scores()
+    return scores(adapted, ep.support_x, ep.query_x, ep.query_y)
+
+
+def _forward_settings(cfg: Config) -> tuple:
+    """What `bench.models.forward` and `task_loss` read of cfg."""
+    return cfg.task, cfg.autocast, cfg.channels_last
+
+
+def _compiled(model: nn.Module, key: tuple, make):
+    """compile_fn(make()), made at the first evaluation and kept on the network under `key`
+    (what the function depends on beyond the network) for the later ones: the periodic
+    evaluations of a run compile once."""
+    fns = vars(model).setdefault("_compiled_evaluation", {})
+    if key not in fns:
+        fns[key] = compile_fn(make())
+    return fns[key]
+
+
 def evaluate(model: nn.Module, params: Params, inner_state: State, sampler, cfg: Config,
              tasks: int) -> EvalResult:
     """Fine-tune on `tasks` fresh tasks from `sampler` and score their queries."""
+    set_precision(cfg.autocast)  # outside compiled code, which cannot read the flags
     loss = task_loss(model, cfg)
     opt = inner_optimizer(cfg)
     state = inner_state if cfg.inner_state == "carry" else opt.init(params)
@@ -85,10 +131,8 @@ def evaluate(model: nn.Module, params: Params, inner_state: State, sampler, cfg:
             n = min(chunk, tasks - start)
             ep = sampler.sample(n, cfg.shots, cfg.eval_queries, cfg.eval_steps, cfg.eval_batch)
             xs, ys = ep.inner_data()
-            adapted, _, _ = adapt_tasks(loss, opt, params, state, xs, ys, batched=True, chain_state=False)
-            score = vmap(lambda p, sx, qx, qy: _score(model, cfg, p, sx, qx, qy))(
-                adapted, ep.support_x, ep.query_x, ep.query_y)
-            scores.append(score.cpu())
+            adapted = _adapted(model, cfg, loss, opt, params, state, xs, ys)
+            scores.append(_scores(model, cfg, adapted, ep).cpu())
     per_task = torch.cat(scores).double().numpy()
     mean, half = mean_ci95(per_task)
     return EvalResult("mse" if cfg.task == "sine" else "accuracy", mean, half, tasks, per_task)

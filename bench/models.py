@@ -60,7 +60,13 @@ class Conv2d(nn.Conv2d):
     4x4) took 279 against 358 us, of its fourth (4x4 -> 2x2) 136 against 269 us; of its
     second (14x14 -> 7x7, 49 positions) 636 against 620 us, and of its first (one input
     channel, 196 positions) 265 against 210 us. The same numbers up to the order of a
-    float sum."""
+    float sum.
+
+    With `matmul` set (the `conv_matmul` setting, `build_model`), every output is computed
+    by `conv_as_matmul`, eager or compiled, on any device."""
+
+    matmul = False
+    """Every convolution as a matrix product (cfg.conv_matmul)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._as_matmul(x):
@@ -68,9 +74,12 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
     def _as_matmul(self, x: torch.Tensor) -> bool:
-        if not (torch.compiler.is_compiling() and x.device.type == "cpu" and x.dim() == 4):
+        if x.dim() != 4 or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" \
+                or isinstance(self.padding, str):
             return False
-        if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or isinstance(self.padding, str):
+        if self.matmul:
+            return True
+        if not (torch.compiler.is_compiling() and x.device.type == "cpu"):
             return False
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         oh, ow = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
@@ -131,12 +140,15 @@ class SineMLP(nn.Sequential):
 
 def build_model(cfg: Config) -> nn.Module:
     """The network for cfg.task, its convolution weights in channels-last order when
-    cfg.channels_last. Initialise the global torch seed first for reproducibility."""
-    if cfg.task == "omniglot":
-        return OmniglotCNN(cfg.ways).to(memory_format=memory_format(cfg))
-    if cfg.task == "miniimagenet":
-        return MiniImageNetCNN(cfg.ways).to(memory_format=memory_format(cfg))
-    return SineMLP(cfg.activation)
+    cfg.channels_last, its convolutions matrix products when cfg.conv_matmul. Initialise
+    the global torch seed first for reproducibility."""
+    if cfg.task == "sine":
+        return SineMLP(cfg.activation)
+    model = (OmniglotCNN if cfg.task == "omniglot" else MiniImageNetCNN)(cfg.ways)
+    for m in model.modules():
+        if isinstance(m, Conv2d):
+            m.matmul = cfg.conv_matmul
+    return model.to(memory_format=memory_format(cfg))
 
 
 def memory_format(cfg: Config) -> torch.memory_format:

@@ -412,6 +412,35 @@ def _cost_section(results_dir: Path) -> list[str]:
                   f"{distinct(df['threads'])} thread(s).", "",
                   md_table(["algorithm", "preset", "implementation", "ms / meta-iteration", "peak MiB", "x naive",
                             "x learn2learn"], rows), ""]
+    return lines + _evaluation_cost(results_dir)
+
+
+EVAL_COST_COLUMNS = ("preset", "implementation", "tasks", "ms_per_task", "first_call_s", "speedup_vs_plain",
+                     "threads", "torch")
+
+
+def _evaluation_cost(results_dir: Path) -> list[str]:
+    """The evaluation speed tables `python -m bench speed --evaluation` wrote under
+    `results_dir`/speed/evaluation/ (nothing when there are none)."""
+    lines = []
+    for f in sorted((results_dir / "speed" / "evaluation").glob("*.csv")):
+        try:
+            df = pd.read_csv(f, dtype=str, keep_default_na=False)
+        except (OSError, ValueError) as e:
+            lines += [f"`{f.as_posix()}` could not be read ({type(e).__name__}).", ""]
+            continue
+        missing = [c for c in EVAL_COST_COLUMNS if c not in df.columns]
+        if missing or df.empty:
+            lines += [f"`{f.as_posix()}` is not an evaluation speed table (missing {', '.join(missing) or 'rows'}).",
+                      ""]
+            continue
+        rows = [[r.preset, r.implementation, r.tasks, r.ms_per_task, r.first_call_s, r.speedup_vs_plain]
+                for r in df.itertuples()]
+        lines += [f"### evaluation, {f.stem}", "",
+                  f"`{f.as_posix()}` (`python -m bench speed --evaluation`): each preset's evaluation protocol, "
+                  f"median ms per test task; torch {distinct(df['torch'])}, {distinct(df['threads'])} thread(s).", "",
+                  md_table(["preset", "implementation", "tasks", "ms / test task", "first call s", "x plain"], rows),
+                  ""]
     return lines
 
 

@@ -18,6 +18,8 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
 - `channels-last`: the preset's own path with `channels_last = true` (convolution weights
   and images in NHWC order), for the CNNs on the CPU (the setting is CPU-only:
   `bench.models.check_layout`); `compiled-cl`: the same compiled, where `compiled` runs;
+- `matmul`: the preset's own path with `conv_matmul = true` (every convolution one matrix
+  product over the image patches), for the CNNs;
 - `bf16`: the preset's own path with `autocast = "bf16"` (convolutions and linear layers
   in bfloat16; it changes results slightly); by default on CUDA only, everywhere with
   `--bf16`;
@@ -79,7 +81,7 @@ ALGOS = ("reptile", "fomaml", "maml", "joint")
 PRESETS = {"reptile": ("omniglot-5w1s", "sine"), "fomaml": ("omniglot-5w1s-maml",),
            "maml": ("omniglot-5w1s-maml",), "joint": ("omniglot-5w1s",)}
 """Each algorithm's paper settings (and the sine example for Reptile)."""
-IMPLEMENTATIONS = ("batched", "serial", "channels-last", "compiled", "compiled-cl", "bf16", "graph",
+IMPLEMENTATIONS = ("batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "bf16", "graph",
                    "graph-batched", "compiled-graph", "seeds", "naive", "learn2learn", "passes")
 SEEDS = 5
 """Runs trained together in the `seeds` row (its time is per run: the group's divided by SEEDS)."""
@@ -137,6 +139,8 @@ def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool | 
             return cfg.task != "sine" and not graph  # CPU only (bench.models.check_layout)
         if impl == "compiled-cl":
             return compiled and cfg.task != "sine" and not graph
+        if impl == "matmul":
+            return cfg.task != "sine"
         if impl == "bf16":
             return bf16
         if impl == "graph":
@@ -157,6 +161,15 @@ def _config(algo: str, preset: str):
 
     cfg = load_config(preset, algo=algo)
     check_algorithm_settings(cfg, algo)
+    return cfg
+
+
+def _laid_out(cfg, impl: str):
+    """cfg with the network settings that `impl` asks for, which `build_model` reads."""
+    if impl in ("channels-last", "compiled-cl"):
+        return cfg.replace(channels_last=True)
+    if impl in ("matmul", "compiled-matmul"):
+        return cfg.replace(conv_matmul=True)
     return cfg
 
 
@@ -199,8 +212,7 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
         counter = iter(range(10**9))
         return lambda: example.iteration(next(counter))
     sampler = _sampler(cfg, device)
-    if impl in ("channels-last", "compiled-cl"):
-        cfg = cfg.replace(channels_last=True)
+    cfg = _laid_out(cfg, impl)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
 
@@ -226,9 +238,10 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
                 r["state"] = step.inner_state
         return together
 
-    if impl in ("batched", "serial", "channels-last", "compiled", "compiled-cl", "bf16", "graph", "graph-batched",
-                "compiled-graph"):
-        # the others run the preset's own path (batched or serial); channels_last is set above
+    if impl in ("batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "bf16", "graph",
+                "graph-batched", "compiled-graph"):
+        # the others run the preset's own path (batched or serial); channels_last and conv_matmul
+        # are set above
         if impl in ("batched", "serial"):
             cfg = cfg.replace(batched=impl == "batched")
         elif impl in ("compiled", "compiled-cl"):
@@ -439,6 +452,109 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
     return [{c: r[c] for c in COLUMNS} for r in rows], {"warmup": plan["warmup"], "rounds": done, "learn2learn": l2l}
 
 
+# Evaluation ------------------------------------------------------------------------
+
+EVAL_CASES = (("reptile", "omniglot-5w1s"), ("maml", "omniglot-5w1s-maml"), ("reptile", "sine"))
+"""The evaluation protocols timed by `--evaluation`: the Reptile paper's Omniglot one (50
+Adam steps, each query scored beside the support set), the MAML paper's (3 SGD steps,
+transductive) and the sine example's."""
+EVAL_IMPLEMENTATIONS = ("plain", "channels-last", "matmul", "bf16", "compiled", "compiled-cl", "compiled-matmul")
+EVAL_COLUMNS = ("preset", "implementation", "device", "inner_optimizer", "eval_steps", "eval_batch", "transductive",
+                "tasks", "eval_chunk", "threads", "torch", "timed_evals", "ms_per_task", "first_call_s",
+                "speedup_vs_plain")
+
+
+def eval_implementations(preset: str, device, compiled: bool = True, bf16: bool = False) -> list[str]:
+    """The rows of an evaluation case: the CNNs' layouts and convolutions (channels-last on
+    the CPU only), bf16 on request, each compiled too unless `compiled` is False."""
+    cnn = _config("reptile" if preset != "omniglot-5w1s-maml" else "maml", preset).task != "sine"
+
+    def wanted(impl: str) -> bool:
+        if impl.startswith("compiled") and not compiled:
+            return False
+        if impl in ("channels-last", "compiled-cl"):
+            return cnn and device.type == "cpu"
+        if impl in ("matmul", "compiled-matmul"):
+            return cnn
+        return bf16 if impl == "bf16" else True
+    return [i for i in EVAL_IMPLEMENTATIONS if wanted(i)]
+
+
+def _eval_config(algo: str, preset: str, impl: str, device):
+    cfg = _laid_out(_config(algo, preset), impl)
+    if impl.startswith("compiled"):
+        cfg = cfg.replace(compile=True)
+    if impl == "bf16":
+        cfg = cfg.replace(autocast="bf16")
+    chunk = cfg.eval_chunk or (25 if device.type == "cpu" else 1000)  # as bench.evaluate chooses
+    return cfg, chunk
+
+
+def build_evaluation(algo: str, preset: str, impl: str, device, tasks: int) -> Callable[[], None]:
+    """One implementation's evaluation of `tasks` test tasks (`bench.evaluate.evaluate`,
+    the preset's protocol) from the initialisation of seed 0, on random data."""
+    import torch
+
+    from algorithms import inner_optimizer
+
+    from .evaluate import evaluate
+    from .models import build_model
+
+    cfg, _ = _eval_config(algo, preset, impl, device)
+    sampler = _sampler(cfg, device)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    state = inner_optimizer(cfg).init(params)
+    return lambda: evaluate(model, params, state, sampler, cfg, tasks)
+
+
+def measure_evaluation(device, *, tasks: int, quick: bool = False, rounds: int | None = None,
+                       threads: int | None = None, compiled: bool | None = None, bf16: bool | None = None
+                       ) -> tuple[list[dict], dict]:
+    """Every evaluation case and implementation, timed round-robin as `measure` times the
+    meta-iterations; returns the CSV rows (ms per test task) and what the run did."""
+    import torch
+
+    from .models import set_precision
+
+    plan = dict(QUICK if quick else FULL)
+    if rounds is not None:
+        plan.update(rounds=rounds, budget_s=None)
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+    keys = [(a, p, i) for a, p in EVAL_CASES
+            for i in eval_implementations(p, device, compiled is not False, bf16)]
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    try:
+        set_precision("off")
+        combos = {k: _synced(build_evaluation(*k, device, tasks), device) for k in keys}
+        seconds, counts, done, first = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
+    finally:
+        torch.set_num_threads(previous)
+    rows = []
+    for algo, preset, impl in keys:
+        cfg, chunk = _eval_config(algo, preset, impl, device)
+        t, plain = seconds[(algo, preset, impl)], seconds[(algo, preset, "plain")]
+        rows.append({"preset": preset, "implementation": impl, "device": device.type,
+                     "inner_optimizer": cfg.inner_optimizer, "eval_steps": cfg.eval_steps,
+                     "eval_batch": cfg.eval_batch, "transductive": cfg.transductive, "tasks": tasks,
+                     "eval_chunk": chunk, "threads": threads, "torch": torch.__version__,
+                     "timed_evals": counts[(algo, preset, impl)], "ms_per_task": round(1000 * t / tasks, 3),
+                     "first_call_s": round(first[(algo, preset, impl)], 3), "speedup_vs_plain": round(plain / t, 2)})
+    return rows, {"warmup": plan["warmup"], "rounds": done}
+
+
+def eval_table(rows: list[dict]) -> str:
+    lines = ["| preset | implementation | ms / test task | first call s | x plain |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['preset']} | {r['implementation']} | {_ms(r['ms_per_task'])} | {r['first_call_s']:.1f} | "
+                     f"{r['speedup_vs_plain']:.2f} |")
+    return "\n".join(lines)
+
+
 def _ms(ms: float) -> str:
     """Three significant digits, whole milliseconds from 100 up: 2.33, 35.5, 1,090."""
     return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
@@ -475,7 +591,15 @@ def add_parser(sub) -> None:
                         "inner step, and sine; the CNNs' batched paths and MAML: minutes)")
     s.add_argument("--bf16", action="store_true", default=None,
                    help="a `bf16` row (autocast=bf16) for every case; the default on CUDA")
-    s.add_argument("--out", default=None, help="CSV to write (default: results/speed/<device>.csv)")
+    s.add_argument("--evaluation", action="store_true",
+                   help="time the evaluation protocols instead (ms per test task: each preset's fine-tuning "
+                        "and scoring, plain, compiled, with matrix-product convolutions, ...)")
+    s.add_argument("--tasks", type=int, default=100,
+                   help="test tasks per timed evaluation, with --evaluation (default 100, a periodic evaluation's; "
+                        "the final one adapts its tasks 25 at a time on the CPU, 1000 on a GPU)")
+    s.add_argument("--out", default=None,
+                   help="CSV to write (default: results/speed/<device>.csv; with --evaluation, "
+                        "results/speed/evaluation/<device>.csv)")
 
 
 def parse_algos(spec: str) -> list[str]:
@@ -504,7 +628,11 @@ def main_speed(args) -> int:
         raise ConfigError("--rounds must be 1 or more")
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads must be 1 or more")
+    if args.tasks < 1:
+        raise ConfigError("--tasks must be 1 or more")
     device = resolve_device(args.device)
+    if args.evaluation:
+        return _main_evaluation(args, device)
     out = Path(args.out) if args.out else Path("results") / "speed" / f"{device.type}.csv"
     rows, run = measure(algos, device, quick=args.quick, rounds=args.rounds, threads=args.threads,
                         compiled=args.compiled, bf16=args.bf16)
@@ -519,3 +647,21 @@ def main_speed(args) -> int:
     print(f"wrote {out}")
     return 0
 
+
+
+def _main_evaluation(args, device) -> int:
+    import torch
+
+    from .results import write_csv
+
+    out = Path(args.out) if args.out else Path("results") / "speed" / "evaluation" / f"{device.type}.csv"
+    rows, run = measure_evaluation(device, tasks=args.tasks, quick=args.quick, rounds=args.rounds,
+                                   threads=args.threads, compiled=args.compiled, bf16=args.bf16)
+    print(f"{device.type}, torch {torch.__version__}, {rows[0]['threads']} threads; median time of an evaluation "
+          f"of {args.tasks} test tasks over {run['rounds']} round-robin rounds after {run['warmup']} warm-up, "
+          "per task")
+    print(eval_table(rows))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(out, rows)
+    print(f"wrote {out}")
+    return 0

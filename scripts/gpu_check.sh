@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with a CUDA GPU whose Python has torch, in at most 8 minutes
 # (every step has its own time limit, which a step that runs over reports): the CUDA tests, the speed table,
-# timed runs of omniglot-5w1s Reptile with CUDA graphs, compiled and not, and the projected time of the
-# full preset.
+# the evaluation speed table, timed runs of omniglot-5w1s Reptile with CUDA graphs, compiled and not, and
+# the projected time of the full preset.
 # It writes reports/gpu/<card>-<date>.md (and the raw outputs in OUT_DIR).
 #
 # Usage: scripts/gpu_check.sh [OUT_DIR]
@@ -11,17 +11,20 @@
 #   ITERS        meta-iterations of each timed run (default 3000)
 #   PYTHON       the Python with torch (default: python3)
 #   SPEED_ALGOS  the algorithms of the speed table (default: all)
-#   STEPS        which steps to run, from tests,speed,compiled,runs,seeds (default: the first three;
+#   STEPS        which steps to run, from tests,speed,evaluation,compiled,runs,seeds (default: the first four;
+#                evaluation: `bench speed --evaluation`, the evaluation protocols plain, with matrix-product
+#                convolutions and in bf16, uncompiled;
 #                compiled: the preset's serial path compiled step by step and replayed from a CUDA
 #                graph, the fastest; runs: the serial path and the batched one with CUDA graphs,
-#                uncompiled; seeds: five seeds trained together)
+#                uncompiled; seeds: five seeds trained together; matmul and tf32: the compiled run again
+#                with conv_matmul = true, or with autocast = "tf32", which changes results)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-/tmp/gpu_check}"
 device="${DEVICE:-cuda}"
 iters="${ITERS:-3000}"
 py="${PYTHON:-python3}"
-steps=",${STEPS:-tests,speed,compiled},"
+steps=",${STEPS:-tests,speed,evaluation,compiled},"
 want() { [[ "$steps" == *",$1,"* ]]; }
 mkdir -p "$out" reports/gpu
 export BENCH_DATA="${BENCH_DATA:-$PWD/.gpu_data}" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -38,7 +41,7 @@ fi
 
 # 1. The CUDA tests (marker `gpu`): CUDA against the CPU, CUDA graphs against the plain path.
 if want tests; then
-  timeout 170 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py > "$out/pytest.txt" 2>&1
+  timeout 150 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py > "$out/pytest.txt" 2>&1
   echo "pytest exit $?" >> "$out/pytest.txt"
 else
   echo "not run (STEPS)" > "$out/pytest.txt"
@@ -47,11 +50,22 @@ fi
 # 2. The speed table: every algorithm and implementation side by side (--quick: 2 rounds), the
 #    compiled rows of the cases that compile step by step included.
 if want speed; then
-  timeout 140 "$py" -m bench speed --device "$device" --quick --algos "${SPEED_ALGOS:-reptile,fomaml,maml,joint}" \
+  timeout 110 "$py" -m bench speed --device "$device" --quick --algos "${SPEED_ALGOS:-reptile,fomaml,maml,joint}" \
     --out "$out/speed.csv" > "$out/speed.txt" 2>&1
   echo "speed exit $?" >> "$out/speed.txt"
 else
   echo "not run (STEPS)" > "$out/speed.txt"
+fi
+
+# 2b. The evaluation speed table: each preset's evaluation of 100 tasks (a periodic evaluation's), with the
+#     library's convolutions (grouped ones under vmap) and as matrix products, uncompiled (the compiled
+#     evaluation is timed by the compiled run below, whose periodic evaluations it runs).
+if want evaluation; then
+  timeout 60 "$py" -m bench speed --evaluation --device "$device" --quick --no-compiled \
+    --out "$out/evaluation.csv" > "$out/evaluation.txt" 2>&1
+  echo "evaluation exit $?" >> "$out/evaluation.txt"
+else
+  echo "not run (STEPS)" > "$out/evaluation.txt"
 fi
 
 # 3. Timed runs of omniglot-5w1s Reptile with the preset's own evaluation settings (a
@@ -72,7 +86,9 @@ if want runs; then
   run graph 60 "${graph[@]}" --set eval_tasks=1000
   run graph-batched 35 "${graph[@]}" --set batched=true --set eval_tasks=1000
 fi
-want compiled && run compiled-graph 105 "${graph[@]}" --set compile=true
+want compiled && run compiled-graph 160 "${graph[@]}" --set compile=true
+want matmul && run compiled-graph-matmul 160 "${graph[@]}" --set compile=true --set conv_matmul=true
+want tf32 && run compiled-graph-tf32 160 "${graph[@]}" --set compile=true --set autocast=tf32
 want seeds && run seeds 90 "${graph[@]}" --seeds 0-4 --batch-seeds --set eval_tasks=1000
 
 "$py" - "$out" "$card" "$iters" "$(( $(date +%s) - start ))" <<'EOF'
@@ -95,6 +111,15 @@ if (out / "speed.csv").is_file():
               f"{r['peak_mem_mb']} | {r['speedup_vs_naive'] or '-'} | {r['speedup_vs_learn2learn'] or '-'} |" for r in rows]
 else:
     lines += ["No table: " + (out / "speed.txt").read_text().strip().splitlines()[-1]]
+lines += ["", "## Evaluation (`python -m bench speed --evaluation --quick --no-compiled`), ms per test task", ""]
+if (out / "evaluation.csv").is_file():
+    with open(out / "evaluation.csv") as f:
+        rows = list(csv.DictReader(f))
+    lines += ["| preset | implementation | tasks | ms / task | first call s | x plain |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['implementation']} | {r['tasks']} | {r['ms_per_task']} | {r['first_call_s']} | "
+              f"{r['speedup_vs_plain']} |" for r in rows]
+else:
+    lines += ["No table: " + ((out / "evaluation.txt").read_text().strip().splitlines() or ["(empty)"])[-1]]
 lines += ["", f"## omniglot-5w1s Reptile, {iters:,} meta-iterations", "",
           "The preset's settings (a periodic evaluation of 100 tasks per split every 1,000 meta-iterations) with "
           "`cuda_graph = true`. The projection scales each part to the full preset: meta-training to 100,000 "
@@ -108,7 +133,9 @@ lines += ["", f"## omniglot-5w1s Reptile, {iters:,} meta-iterations", "",
 periodic_full = full_iters // 1000 - 1
 for name, label in (("graph", "serial path (the preset's), CUDA graph"), ("graph-batched", "batched path, CUDA graph"),
                     ("seeds", "5 seeds together, CUDA graph"),
-                    ("compiled-graph", "serial path, compiled and CUDA graph")):
+                    ("compiled-graph", "serial path, compiled and CUDA graph"),
+                    ("compiled-graph-matmul", "serial path, compiled and CUDA graph, conv_matmul"),
+                    ("compiled-graph-tf32", "serial path, compiled and CUDA graph, TF32 (changes results)")):
     if not (out / f"{name}.rc").is_file():
         continue  # not run (STEPS)
     rc = (out / f"{name}.rc").read_text().strip()

@@ -67,3 +67,41 @@ def test_interval_is_the_student_t_interval_over_tasks():
     assert mean == pytest.approx(values.mean())
     assert half == pytest.approx((hi - lo) / 2)
     assert mean_ci95(np.array([0.5]))[1] is None
+
+
+@pytest.mark.parametrize("preset, changes", [
+    ("sine", {"compile": True}),
+    ("omniglot-5w1s", {"compile": True}),        # its step and scoring compiled (with its small convolutions as matmuls)
+    ("omniglot-5w1s", {"conv_matmul": True}),    # every convolution a matrix product, batched over the tasks
+])
+def test_fast_evaluations_equal_the_plain_one(float64, monkeypatch, preset, changes):
+    """compile and conv_matmul change how the tasks are adapted and scored, not the
+    numbers (float64: rounding far below what could flip a prediction); the compiled
+    functions are made at the first evaluation and reused by the next (a run's periodic
+    evaluations compile once)."""
+    from bench import evaluate as ev
+    from bench.models import build_model
+    from bench.speed import _sampler
+    from conftest import InDefaultDtype
+
+    made, real = [], ev.compile_fn
+    monkeypatch.setattr(ev, "compile_fn", lambda fn: made.append(fn) or real(fn))
+    cfg = load_config(preset).replace(eval_steps=3, eval_chunk=3)
+    fast_cfg = cfg.replace(**changes)
+    torch.manual_seed(0)
+    plain_model, fast_model = build_model(cfg), build_model(fast_cfg)
+    fast_model.load_state_dict(plain_model.state_dict())
+    params = {k: v.detach() for k, v in plain_model.named_parameters()}
+    state = inner_optimizer(cfg).init(params)
+    plain = evaluate(plain_model, params, state, InDefaultDtype(_sampler(cfg, "cpu")), cfg, 5)
+    sampler = InDefaultDtype(_sampler(cfg, "cpu"))
+    fast = evaluate(fast_model, params, state, sampler, fast_cfg, 5)
+    if preset == "sine":
+        np.testing.assert_allclose(fast.per_task, plain.per_task, rtol=1e-9)
+    else:
+        np.testing.assert_array_equal(fast.per_task, plain.per_task)
+        assert 0 < plain.value < 1
+    assert len(made) == (2 if fast_cfg.compile else 0)  # the step and the scoring
+    again = evaluate(fast_model, params, state, sampler, fast_cfg, 5)  # the next tasks, the same functions
+    assert len(made) == (2 if fast_cfg.compile else 0)
+    assert not np.array_equal(again.per_task, fast.per_task)

@@ -162,6 +162,18 @@ def test_compiled_paths_equal_the_plain_ones_in_float64(float64, monkeypatch, al
     assert plain[2]["loss"] != train(algo, preset, 1, **changes)[2]["loss"]  # the steps did something
 
 
+@pytest.mark.parametrize("algo, batched", [("reptile", False), ("reptile", True), ("maml", True)])
+def test_matmul_convolutions_train_as_the_plain_ones_in_float64(float64, algo, batched):
+    preset = "omniglot-5w1s-maml" if algo == "maml" else "omniglot-5w1s"
+    changes = {"batched": batched, "inner_steps": 3 if algo == "reptile" else 2, "meta_batch": 2}
+    plain = train(algo, preset, 2, **changes)
+    fast = train(algo, preset, 2, conv_matmul=True, **changes)
+    for a, b in zip(plain, fast):
+        assert a.keys() == b.keys()
+        for k in a.keys() - BEFORE_NORM - BEFORE_NORM_STATE:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-12, msg=f"{algo}: {k}")
+
+
 def test_bf16_forward_computes_convolutions_in_bfloat16_and_returns_float32():
     from bench.config import load_config
     from bench.models import build_model, forward

@@ -178,3 +178,25 @@ def test_cli_run_with_cuda_graph_matches_plain(tmp_path, omniglot_data):
         assert (abs(train_a.value.values - train_b.value.values) <= 0.1 * abs(train_a.value.values)).all()
     assert (together / "seed1" / "final.json").is_file()
     assert json.loads((graphed / "seed0" / "config.json").read_text())["cuda_graph"] is True
+
+
+@pytest.mark.parametrize("changes", [{}, {"conv_matmul": True}, {"compile": True}])
+def test_evaluation_on_cuda_matches_the_cpu(float64, changes):
+    # the plain evaluation (grouped convolutions under vmap), with matrix-product convolutions
+    # and compiled, each on CUDA against the plain one on the CPU
+    import numpy as np
+
+    from algorithms import inner_optimizer
+    from bench.evaluate import evaluate
+    from bench.models import build_model
+    from bench.speed import _sampler
+
+    cfg = load_config("omniglot-5w1s").replace(eval_steps=3, eval_chunk=4)
+    results = []
+    for device, c in (("cpu", cfg), ("cuda", cfg.replace(**changes))):
+        torch.manual_seed(0)
+        model = build_model(c).to(device)
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        state = inner_optimizer(c).init(params)
+        results.append(evaluate(model, params, state, InDefaultDtype(_sampler(c, device)), c, 6).per_task)
+    np.testing.assert_array_equal(results[1], results[0])

@@ -86,3 +86,37 @@ def test_small_convolutions_run_as_matrix_products_only_when_compiled_for_the_cp
     compiled = torch.compile(model, backend="eager", dynamic=False)(x)  # only the tracing decides
     assert calls == [(7, 7), (4, 4)]  # the inputs of the two convolutions with at most 16 output positions
     torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_matmul_computes_every_convolution_as_a_matrix_product(monkeypatch):
+    """conv_matmul = true: every convolution through conv_as_matmul, eager too, with the
+    same outputs and, under vmap over per-task weights (evaluation's case), the same
+    gradients as the library's (grouped) convolutions."""
+    from torch.func import grad, vmap
+
+    from bench import models
+    from bench.config import load_config
+
+    calls = []
+
+    def counted(x, *args):
+        calls.append(tuple(x.shape[2:]))
+        return real(x, *args)
+    real = models.conv_as_matmul
+    monkeypatch.setattr(models, "conv_as_matmul", counted)
+    for preset, image in (("omniglot-5w1s", (1, 28, 28)), ("miniimagenet-5w1s", (3, 84, 84))):
+        cfg = load_config(preset).replace(conv_matmul=True)
+        torch.manual_seed(0)
+        plain = models.build_model(cfg.replace(conv_matmul=False)).double()
+        torch.manual_seed(0)
+        fast = models.build_model(cfg).double()
+        calls.clear()
+        x = torch.rand(4, *image, dtype=torch.float64)
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-12, atol=1e-12)
+        assert len(calls) == 4 and calls[0] == image[1:]
+        params = {k: v.detach().expand(3, *v.shape) + 0.01 * torch.randn(3, *v.shape, dtype=torch.float64)
+                  for k, v in plain.named_parameters()}
+        xs, ys = torch.rand(3, 5, *image, dtype=torch.float64), torch.randint(0, 5, (3, 5))
+        grads = [vmap(grad(models.task_loss(m, c)))(params, xs, ys) for m, c in ((plain, cfg.replace(conv_matmul=False)), (fast, cfg))]
+        for k in grads[0]:
+            torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-9, atol=1e-12)

@@ -256,3 +256,13 @@ def test_cost_section_shows_each_device_s_speed_table(tmp_path: Path):
     assert "| maml | omniglot-5w1s-maml | batched | 241.2 | 305.1 | 1.73 | 1.86 |" in section
     assert "| maml | omniglot-5w1s-maml | learn2learn | 448.0 | 18.0 | 0.93 | 1.0 |" in section
     assert "cuda.csv` is not a speed table (missing algo" in section
+    assert "### evaluation" not in section
+
+    (res / "speed" / "evaluation").mkdir()
+    pd.DataFrame([{"preset": "omniglot-5w1s", "implementation": "compiled", "device": "cpu", "tasks": 100,
+                   "threads": 2, "torch": "2.13.0", "ms_per_task": 81.5, "first_call_s": 40.2,
+                   "speedup_vs_plain": 1.52}]).to_csv(res / "speed" / "evaluation" / "cpu.csv", index=False)
+    report = build_report(res, tmp_path / "out", progress=False).read_text()
+    section = report.split("## Cost per meta-iteration")[1].split("\n## ")[0]
+    assert "### evaluation, cpu" in section and "torch 2.13.0, 2 thread(s)" in section
+    assert "| omniglot-5w1s | compiled | 100 | 81.5 | 40.2 | 1.52 |" in section

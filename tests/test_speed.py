@@ -154,9 +154,9 @@ def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
     expected = [(a, p, i) for a, p in [("reptile", "omniglot-5w1s"), ("reptile", "sine"),
                                        ("fomaml", "omniglot-5w1s-maml"), ("maml", "omniglot-5w1s-maml"),
                                        ("joint", "omniglot-5w1s")]
-                for i in ["batched", "serial", "channels-last", "seeds", "naive", "learn2learn", "passes"]
+                for i in ["batched", "serial", "channels-last", "matmul", "seeds", "naive", "learn2learn", "passes"]
                 if (i != "learn2learn" or (l2l and a in ("maml", "fomaml")))
-                and (i != "channels-last" or p != "sine")
+                and (i not in ("channels-last", "matmul") or p != "sine")
                 and (i != "passes" or a != "maml")]
     assert [(r["algo"], r["preset"], r["implementation"]) for r in rows] == expected
     assert ("learn2learn not installed (scripts/install_learn2learn.sh)" in printed) == (l2l is None)
@@ -188,7 +188,7 @@ def test_speed_writes_results_speed_device_csv_by_default(tmp_path, monkeypatch,
     assert torch.get_num_threads() == 2  # --threads is the run's, not the caller's
     header, rows = read(tmp_path / "results" / "speed" / "cpu.csv")
     assert header == COLUMNS and [r["implementation"] for r in rows] == ["batched", "serial", "channels-last",
-                                                                         "seeds", "naive", "passes"]
+                                                                         "matmul", "seeds", "naive", "passes"]
     assert "wrote results/speed/cpu.csv" in capsys.readouterr().out
 
 
@@ -197,8 +197,8 @@ def test_speed_bf16_rows_on_request(tmp_path):
     assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu",
                  "--bf16", "--no-compiled", "--out", str(out)]) == 0
     _, rows = read(out)
-    assert [r["implementation"] for r in rows] == ["batched", "serial", "channels-last", "bf16", "seeds", "naive",
-                                                   "passes"]
+    assert [r["implementation"] for r in rows] == ["batched", "serial", "channels-last", "matmul", "bf16", "seeds",
+                                                   "naive", "passes"]
 
 
 def test_rounds_stop_at_the_budget_and_every_implementation_of_a_case_runs_as_often():
@@ -226,6 +226,7 @@ def test_rounds_stop_at_the_budget_and_every_implementation_of_a_case_runs_as_of
     (["--algos", ","], "at least one"),
     (["--rounds", "0"], "--rounds"),
     (["--threads", "0"], "--threads"),
+    (["--evaluation", "--tasks", "0"], "--tasks"),
     (["--device", "tpu"], "--device cpu"),
 ])
 def test_bad_speed_arguments_are_one_line_errors(tmp_path, capsys, argv, words):
@@ -255,17 +256,50 @@ def test_compiled_rows_by_default_where_the_path_compiles_in_seconds():
     # the CNNs' serial paths compile each inner step, the sine MLP its whole meta-iteration
     # (seconds): compiled rows by default
     assert implementations("reptile", "omniglot-5w1s", False) == [
-        "batched", "serial", "channels-last", "compiled", "compiled-cl", "seeds", "naive", "passes"]
+        "batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "seeds", "naive", "passes"]
     assert implementations("reptile", "omniglot-5w1s", False, compiled=False) == [
-        "batched", "serial", "channels-last", "seeds", "naive", "passes"]
+        "batched", "serial", "channels-last", "matmul", "seeds", "naive", "passes"]
     assert implementations("reptile", "sine", False) == ["batched", "serial", "compiled", "seeds", "naive", "passes"]
     # on CUDA (graph rows): no channels-last rows, a CPU-only setting
     assert implementations("joint", "omniglot-5w1s", False, graph=True) == [
-        "batched", "serial", "compiled", "graph", "graph-batched", "compiled-graph", "seeds", "naive", "passes"]
+        "batched", "serial", "matmul", "compiled", "graph", "graph-batched", "compiled-graph", "seeds", "naive",
+        "passes"]
     # MAML's batched path compiles its whole meta-iteration (minutes): only with --compiled
     assert implementations("maml", "omniglot-5w1s-maml", False, graph=True) == [
-        "batched", "serial", "graph", "seeds", "naive"]
+        "batched", "serial", "matmul", "graph", "seeds", "naive"]
     on_cuda = implementations("maml", "omniglot-5w1s-maml", False, compiled=True, graph=True)
-    assert on_cuda == ["batched", "serial", "compiled", "graph", "compiled-graph", "seeds", "naive"]
+    assert on_cuda == ["batched", "serial", "matmul", "compiled", "graph", "compiled-graph", "seeds", "naive"]
     assert implementations("maml", "omniglot-5w1s-maml", False, compiled=True) == [
-        "batched", "serial", "channels-last", "compiled", "compiled-cl", "seeds", "naive"]
+        "batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "seeds", "naive"]
+
+
+def test_speed_evaluation_times_every_protocol_side_by_side(tmp_path, capsys):
+    out = tmp_path / "evaluation.csv"
+    assert main(["speed", "--evaluation", "--quick", "--rounds", "1", "--tasks", "2", "--threads", "1",
+                 "--device", "cpu", "--no-compiled", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    header, rows = read(out)
+    assert header == list(speed.EVAL_COLUMNS)
+    expected = [("omniglot-5w1s", i) for i in ("plain", "channels-last", "matmul")]
+    expected += [("omniglot-5w1s-maml", i) for i in ("plain", "channels-last", "matmul")] + [("sine", "plain")]
+    assert [(r["preset"], r["implementation"]) for r in rows] == expected
+    plain = {r["preset"]: float(r["ms_per_task"]) for r in rows if r["implementation"] == "plain"}
+    for r in rows:
+        assert r["tasks"] == "2" and float(r["ms_per_task"]) > 0
+        # as often as the preset's plain row: the same test tasks
+        assert r["timed_evals"] == next(s["timed_evals"] for s in rows if s["preset"] == r["preset"])
+        assert float(r["speedup_vs_plain"]) == pytest.approx(plain[r["preset"]] / float(r["ms_per_task"]),
+                                                             rel=0.01, abs=0.01)
+        assert f"| {r['preset']} | {r['implementation']} |" in printed
+    protocol = {r["preset"]: (r["inner_optimizer"], r["eval_steps"], r["transductive"], r["eval_chunk"]) for r in rows}
+    assert protocol == {"omniglot-5w1s": ("adam", "50", "False", "25"),
+                        "omniglot-5w1s-maml": ("sgd", "3", "True", "25"), "sine": ("sgd", "32", "False", "1000")}
+
+
+def test_speed_evaluation_rows():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert speed.eval_implementations("omniglot-5w1s", cpu) == [
+        "plain", "channels-last", "matmul", "compiled", "compiled-cl", "compiled-matmul"]
+    assert speed.eval_implementations("omniglot-5w1s", cuda, bf16=True) == [
+        "plain", "matmul", "bf16", "compiled", "compiled-matmul"]  # channels-last is CPU-only
+    assert speed.eval_implementations("sine", cpu, compiled=False) == ["plain"]
