@@ -397,14 +397,8 @@ def _cost_section(results_dir: Path) -> list[str]:
               "meta-iteration; speed-ups over the naive implementation and over learn2learn). `seeds` is per "
               "run, five runs trained together.", ""]
     for f in files:
-        try:
-            df = pd.read_csv(f, dtype=str, keep_default_na=False)
-        except (OSError, ValueError) as e:
-            lines += [f"`{f.as_posix()}` could not be read ({type(e).__name__}).", ""]
-            continue
-        missing = [c for c in SPEED_COLUMNS if c not in df.columns]
-        if missing or df.empty:
-            lines += [f"`{f.as_posix()}` is not a speed table (missing {', '.join(missing) or 'rows'}).", ""]
+        df = _read_table(f, SPEED_COLUMNS, "a speed table", lines)
+        if df is None:
             continue
         rows = [[r.algo, r.preset, r.implementation, r.ms_per_meta_iter, r.peak_mem_mb or "-",
                  r.speedup_vs_naive or "-", r.speedup_vs_learn2learn or "-"] for r in df.itertuples()]
@@ -413,6 +407,21 @@ def _cost_section(results_dir: Path) -> list[str]:
                   md_table(["algorithm", "preset", "implementation", "ms / meta-iteration", "peak MiB", "x naive",
                             "x learn2learn"], rows), ""]
     return lines + _evaluation_cost(results_dir)
+
+
+def _read_table(f: Path, columns: tuple[str, ...], kind: str, lines: list[str]) -> pd.DataFrame | None:
+    """The CSV `f` as strings, or None with a line added to `lines` saying why it cannot be
+    shown (unreadable, or not `kind`: a column of `columns` missing, or no rows)."""
+    try:
+        df = pd.read_csv(f, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as e:
+        lines += [f"`{f.as_posix()}` could not be read ({type(e).__name__}).", ""]
+        return None
+    missing = [c for c in columns if c not in df.columns]
+    if missing or df.empty:
+        lines += [f"`{f.as_posix()}` is not {kind} (missing {', '.join(missing) or 'rows'}).", ""]
+        return None
+    return df
 
 
 EVAL_COST_COLUMNS = ("preset", "implementation", "tasks", "ms_per_task", "first_call_s", "speedup_vs_plain",
@@ -424,15 +433,8 @@ def _evaluation_cost(results_dir: Path) -> list[str]:
     `results_dir`/speed/evaluation/ (nothing when there are none)."""
     lines = []
     for f in sorted((results_dir / "speed" / "evaluation").glob("*.csv")):
-        try:
-            df = pd.read_csv(f, dtype=str, keep_default_na=False)
-        except (OSError, ValueError) as e:
-            lines += [f"`{f.as_posix()}` could not be read ({type(e).__name__}).", ""]
-            continue
-        missing = [c for c in EVAL_COST_COLUMNS if c not in df.columns]
-        if missing or df.empty:
-            lines += [f"`{f.as_posix()}` is not an evaluation speed table (missing {', '.join(missing) or 'rows'}).",
-                      ""]
+        df = _read_table(f, EVAL_COST_COLUMNS, "an evaluation speed table", lines)
+        if df is None:
             continue
         rows = [[r.preset, r.implementation, r.tasks, r.ms_per_task, r.first_call_s, r.speedup_vs_plain]
                 for r in df.itertuples()]

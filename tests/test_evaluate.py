@@ -71,7 +71,7 @@ def test_interval_is_the_student_t_interval_over_tasks():
 
 @pytest.mark.parametrize("preset, changes", [
     ("sine", {"compile": True}),
-    ("omniglot-5w1s", {"compile": True}),        # its step and scoring compiled (with its small convolutions as matmuls)
+    ("omniglot-5w1s", {"compile": True}),        # its step and scoring compiled (small convolutions as matmuls)
     ("omniglot-5w1s", {"conv_matmul": True}),    # every convolution a matrix product, batched over the tasks
 ])
 def test_fast_evaluations_equal_the_plain_one(float64, monkeypatch, preset, changes):

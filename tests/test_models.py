@@ -68,16 +68,22 @@ def test_convolution_as_a_matrix_product_equals_conv2d(hw, stride, padding, chan
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
 
 
-def test_small_convolutions_run_as_matrix_products_only_when_compiled_for_the_cpu(monkeypatch):
+@pytest.fixture
+def matmul_calls(monkeypatch) -> list:
+    """The input sizes (H, W) of every conv_as_matmul call, in order."""
     from bench import models
 
-    calls = []
+    calls, real = [], models.conv_as_matmul
 
     def counted(x, *args):
         calls.append(tuple(x.shape[2:]))
         return real(x, *args)
-    real = models.conv_as_matmul
     monkeypatch.setattr(models, "conv_as_matmul", counted)
+    return calls
+
+
+def test_small_convolutions_run_as_matrix_products_only_when_compiled_for_the_cpu(matmul_calls):
+    calls = matmul_calls
     torch.manual_seed(0)
     model = OmniglotCNN(5).double()
     x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
@@ -88,7 +94,7 @@ def test_small_convolutions_run_as_matrix_products_only_when_compiled_for_the_cp
     torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
 
 
-def test_conv_matmul_computes_every_convolution_as_a_matrix_product(monkeypatch):
+def test_conv_matmul_computes_every_convolution_as_a_matrix_product(matmul_calls):
     """conv_matmul = true: every convolution through conv_as_matmul, eager too, with the
     same outputs and, under vmap over per-task weights (evaluation's case), the same
     gradients as the library's (grouped) convolutions."""
@@ -97,13 +103,7 @@ def test_conv_matmul_computes_every_convolution_as_a_matrix_product(monkeypatch)
     from bench import models
     from bench.config import load_config
 
-    calls = []
-
-    def counted(x, *args):
-        calls.append(tuple(x.shape[2:]))
-        return real(x, *args)
-    real = models.conv_as_matmul
-    monkeypatch.setattr(models, "conv_as_matmul", counted)
+    calls = matmul_calls
     for preset, image in (("omniglot-5w1s", (1, 28, 28)), ("miniimagenet-5w1s", (3, 84, 84))):
         cfg = load_config(preset).replace(conv_matmul=True)
         torch.manual_seed(0)
@@ -117,6 +117,7 @@ def test_conv_matmul_computes_every_convolution_as_a_matrix_product(monkeypatch)
         params = {k: v.detach().expand(3, *v.shape) + 0.01 * torch.randn(3, *v.shape, dtype=torch.float64)
                   for k, v in plain.named_parameters()}
         xs, ys = torch.rand(3, 5, *image, dtype=torch.float64), torch.randint(0, 5, (3, 5))
-        grads = [vmap(grad(models.task_loss(m, c)))(params, xs, ys) for m, c in ((plain, cfg.replace(conv_matmul=False)), (fast, cfg))]
+        grads = [vmap(grad(models.task_loss(m, c)))(params, xs, ys)
+                 for m, c in ((plain, cfg.replace(conv_matmul=False)), (fast, cfg))]
         for k in grads[0]:
             torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-9, atol=1e-12)
