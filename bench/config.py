@@ -163,11 +163,13 @@ class Config:
     `compile`, the compiled computation is recorded: its fused kernels, replayed."""
     channels_last: bool
     """Keep the convolution weights and the images in channels-last memory order (NHWC).
-    CPU only (on CUDA torch cannot differentiate its convolutions under vmap, which
-    evaluation uses: `bench.models.check_layout`). It speeds up the compiled serial path
+    On CUDA for the serial paths only, and evaluation there adapts in the default order
+    (torch cannot differentiate channels-last convolutions under vmap on CUDA:
+    `bench.models.check_layout`). On the CPU it speeds up the compiled serial path
     (oneDNN's convolutions on NHWC tensors, no layout copies) and slows the batched ones,
-    whose vmapped convolutions become grouped ones (see README, speed). No effect on the sine MLP; the same maths,
-    equal to the default order within float tolerance."""
+    whose vmapped convolutions become grouped ones (see README, speed); on CUDA it is
+    meant to spare cuDNN's layout conversions around its NHWC kernels. No effect on the
+    sine MLP; the same maths, equal to the default order within float tolerance."""
     conv_matmul: bool
     """Compute every convolution as one matrix product over the image patches
     (`bench.models.conv_as_matmul`: im2col by strided slices, then a matrix product)

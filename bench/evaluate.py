@@ -32,7 +32,7 @@ from algorithms import adapt_tasks, inner_optimizer
 from algorithms.inner import InnerOptimizer, Params, State, compile_fn, inner_step
 
 from .config import Config
-from .models import forward, set_precision, task_loss
+from .models import eval_layout, forward, set_precision, task_loss
 
 
 @dataclass(frozen=True)
@@ -121,9 +121,10 @@ def evaluate(model: nn.Module, params: Params, inner_state: State, sampler, cfg:
              tasks: int) -> EvalResult:
     """Fine-tune on `tasks` fresh tasks from `sampler` and score their queries."""
     set_precision(cfg.autocast)  # outside compiled code, which cannot read the flags
+    run_cfg, (cfg, params) = cfg, eval_layout(cfg, params)
     loss = task_loss(model, cfg)
     opt = inner_optimizer(cfg)
-    state = inner_state if cfg.inner_state == "carry" else opt.init(params)
+    state = eval_layout(run_cfg, inner_state)[1] if cfg.inner_state == "carry" else opt.init(params)
     chunk = cfg.eval_chunk or (25 if next(iter(params.values())).device.type == "cpu" else 1000)
     scores = []
     with torch.no_grad():

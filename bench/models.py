@@ -155,13 +155,27 @@ def memory_format(cfg: Config) -> torch.memory_format:
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
-def check_layout(cfg: Config, device: torch.device) -> None:
-    """channels_last = true runs on the CPU only: on CUDA, torch cannot differentiate a
-    channels-last convolution under vmap ("NYI: Tensor.clone(memory_format) inside vmap",
-    torch 2.11), and evaluation always adapts its tasks under vmap."""
-    if cfg.channels_last and device.type == "cuda":
-        raise ConfigError("channels_last=true is for the CPU: on CUDA torch cannot differentiate its convolutions "
-                          "under vmap, which evaluation uses: --set channels_last=false")
+def check_layout(cfg: Config, device: torch.device, batch_seeds: bool = False) -> None:
+    """channels_last = true runs on CUDA only where no tasks or seeds run under vmap: torch
+    cannot differentiate a channels-last convolution under vmap on CUDA ("NYI:
+    Tensor.clone(memory_format) inside vmap", torch 2.11). So on CUDA the serial paths
+    only, and evaluation, which adapts its tasks under vmap, copies the weights into the
+    default order there (`eval_layout`)."""
+    if cfg.channels_last and device.type == "cuda" and (cfg.batched or batch_seeds):
+        what = "--set batched=true" if cfg.batched else "--batch-seeds"
+        raise ConfigError(f"channels_last=true with {what} is for the CPU: on CUDA torch cannot differentiate "
+                          "channels-last convolutions under vmap: --set channels_last=false")
+
+
+def eval_layout(cfg: Config, tensors: dict[str, torch.Tensor]) -> tuple[Config, dict[str, torch.Tensor]]:
+    """The settings and tensors (weights, optimizer state) evaluation adapts its tasks with:
+    on CUDA, in the default order where cfg.channels_last (see `check_layout`); else as
+    they are."""
+    first = next(iter(tensors.values()), None)
+    if not cfg.channels_last or first is None or first.device.type != "cuda":
+        return cfg, tensors
+    cfg = cfg.replace(channels_last=False)
+    return cfg, laid_out(tensors, cfg)
 
 
 def laid_out(tensors: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:

@@ -220,7 +220,7 @@ def run_seeds(cfg: Config, *, algo: str, preset: str, seeds: list[int], batch_se
     dev = resolve_device(device)
     if cfg.cuda_graph:
         check_device(dev)
-    check_layout(cfg, dev)
+    check_layout(cfg, dev, batch_seeds and len(seeds) > 1)
     clock = CheckpointClock(checkpoint_every)
 
     # Every check, for every run, before the first write: a refused command leaves every

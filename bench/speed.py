@@ -16,8 +16,9 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
   minutes on the CPU), for none with `--no-compiled`; `first_call_s` shows the
   compilation;
 - `channels-last`: the preset's own path with `channels_last = true` (convolution weights
-  and images in NHWC order), for the CNNs on the CPU (the setting is CPU-only:
-  `bench.models.check_layout`); `compiled-cl`: the same compiled, where `compiled` runs;
+  and images in NHWC order), for the CNNs, on CUDA for the serial paths only
+  (`bench.models.check_layout`); `compiled-cl`: the same compiled, where `compiled` runs,
+  on the CPU;
 - `matmul`: the preset's own path with `conv_matmul = true` (every convolution one matrix
   product over the image patches), for the CNNs;
 - `bf16`: the preset's own path with `autocast = "bf16"` (convolutions and linear layers
@@ -135,8 +136,8 @@ def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool | 
             return learn2learn and algo in LEARN2LEARN_ALGOS
         if impl == "compiled":
             return compiled
-        if impl == "channels-last":
-            return cfg.task != "sine" and not graph  # CPU only (bench.models.check_layout)
+        if impl == "channels-last":  # on CUDA for the serial paths only (bench.models.check_layout)
+            return cfg.task != "sine" and not (graph and cfg.batched)
         if impl == "compiled-cl":
             return compiled and cfg.task != "sine" and not graph
         if impl == "matmul":

@@ -16,8 +16,9 @@
 #                convolutions and in bf16, uncompiled;
 #                compiled: the preset's serial path compiled step by step and replayed from a CUDA
 #                graph, the fastest; runs: the serial path and the batched one with CUDA graphs,
-#                uncompiled; seeds: five seeds trained together; matmul and tf32: the compiled run again
-#                with conv_matmul = true, or with autocast = "tf32", which changes results)
+#                uncompiled; seeds: five seeds trained together; cl, matmul and tf32: the compiled run
+#                again with channels_last = true, conv_matmul = true, or autocast = "tf32", which changes
+#                results)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-/tmp/gpu_check}"
@@ -87,6 +88,7 @@ if want runs; then
   run graph-batched 35 "${graph[@]}" --set batched=true --set eval_tasks=1000
 fi
 want compiled && run compiled-graph 160 "${graph[@]}" --set compile=true
+want cl && run compiled-graph-cl 160 "${graph[@]}" --set compile=true --set channels_last=true
 want matmul && run compiled-graph-matmul 160 "${graph[@]}" --set compile=true --set conv_matmul=true
 want tf32 && run compiled-graph-tf32 160 "${graph[@]}" --set compile=true --set autocast=tf32
 want seeds && run seeds 90 "${graph[@]}" --seeds 0-4 --batch-seeds --set eval_tasks=1000
@@ -134,6 +136,7 @@ periodic_full = full_iters // 1000 - 1
 for name, label in (("graph", "serial path (the preset's), CUDA graph"), ("graph-batched", "batched path, CUDA graph"),
                     ("seeds", "5 seeds together, CUDA graph"),
                     ("compiled-graph", "serial path, compiled and CUDA graph"),
+                    ("compiled-graph-cl", "serial path, compiled and CUDA graph, channels-last"),
                     ("compiled-graph-matmul", "serial path, compiled and CUDA graph, conv_matmul"),
                     ("compiled-graph-tf32", "serial path, compiled and CUDA graph, TF32 (changes results)")):
     if not (out / f"{name}.rc").is_file():

@@ -280,17 +280,38 @@ def test_channels_last_runs_train_like_the_default_order(tmp_path, capsys, omnig
     assert not saved["3.weight"].is_contiguous()
 
 
-def test_channels_last_is_refused_on_cuda_in_one_line():
+def test_channels_last_on_cuda_is_refused_under_vmap_in_one_line():
     from bench.config import load_config
     from bench.errors import ConfigError
     from bench.models import check_layout
 
-    cfg = load_config("omniglot-5w1s").replace(channels_last=True)
+    cfg = load_config("omniglot-5w1s").replace(channels_last=True)  # the serial path
+    cuda = torch.device("cuda")
     check_layout(cfg, torch.device("cpu"))
-    check_layout(cfg.replace(channels_last=False), torch.device("cuda"))
-    with pytest.raises(ConfigError, match="channels_last=true is for the CPU") as e:
-        check_layout(cfg, torch.device("cuda"))
-    assert "\n" not in str(e.value) and "--set channels_last=false" in str(e.value)
+    check_layout(cfg.replace(batched=True), torch.device("cpu"), batch_seeds=True)
+    check_layout(cfg.replace(channels_last=False, batched=True), cuda, batch_seeds=True)
+    check_layout(cfg, cuda)
+    for changes, seeds, words in (({"batched": True}, False, "--set batched=true"), ({}, True, "--batch-seeds")):
+        with pytest.raises(ConfigError, match=f"channels_last=true with {words} is for the CPU") as e:
+            check_layout(cfg.replace(**changes), cuda, batch_seeds=seeds)
+        assert "\n" not in str(e.value) and "--set channels_last=false" in str(e.value)
+
+
+def test_evaluation_on_cuda_adapts_in_the_default_order():
+    from bench.config import load_config
+    from bench.models import build_model, eval_layout
+
+    cfg = load_config("omniglot-5w1s").replace(channels_last=True)
+    params = {k: v.detach() for k, v in build_model(cfg).named_parameters()}
+    assert eval_layout(cfg, params) == (cfg, params)  # on the CPU as they are
+    assert eval_layout(cfg, {}) == (cfg, {})
+    meta = {k: v.to("meta") for k, v in params.items()}  # a device other than the CPU's, without one
+    assert eval_layout(cfg, meta) == (cfg, meta)
+    if torch.cuda.is_available():
+        on_cuda = {k: v.cuda() for k, v in params.items()}
+        eval_cfg, moved = eval_layout(cfg, on_cuda)
+        assert not eval_cfg.channels_last and moved["3.weight"].is_contiguous()
+        torch.testing.assert_close(moved, on_cuda)
 
 
 def test_channels_last_images_and_weights_reach_every_convolution():

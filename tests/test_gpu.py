@@ -200,3 +200,31 @@ def test_evaluation_on_cuda_matches_the_cpu(float64, changes):
         state = inner_optimizer(c).init(params)
         results.append(evaluate(model, params, state, InDefaultDtype(_sampler(c, device)), c, 6).per_task)
     np.testing.assert_array_equal(results[1], results[0])
+
+
+def test_channels_last_serial_path_on_cuda_matches_the_default_order(float64):
+    # channels_last on CUDA: the serial path in NHWC (compiled too), evaluation in the default order
+    import numpy as np
+
+    from algorithms import inner_optimizer
+    from bench.evaluate import evaluate
+    from bench.models import build_model
+    from bench.speed import _sampler
+
+    changes = {"inner_steps": 3, "meta_batch": 2}
+    plain = _train("reptile", "omniglot-5w1s", 2, **changes)
+    for extra in ({}, {"compile": True}):
+        nhwc = _train("reptile", "omniglot-5w1s", 2, channels_last=True, **extra, **changes)
+        assert nhwc[0]["3.weight"].is_contiguous(memory_format=torch.channels_last)
+        for a, b in zip(plain, nhwc):
+            for k in a.keys() - BEFORE_NORM - BEFORE_NORM_STATE:
+                torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-12, msg=k)
+    cfg = load_config("omniglot-5w1s").replace(eval_steps=3, eval_chunk=4)
+    scores = []
+    for c in (cfg, cfg.replace(channels_last=True)):
+        torch.manual_seed(0)
+        model = build_model(c).cuda()
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        state = inner_optimizer(c).init(params)
+        scores.append(evaluate(model, params, state, InDefaultDtype(_sampler(c, "cuda")), c, 6).per_task)
+    np.testing.assert_array_equal(scores[1], scores[0])

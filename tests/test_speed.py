@@ -260,9 +260,9 @@ def test_compiled_rows_by_default_where_the_path_compiles_in_seconds():
     assert implementations("reptile", "omniglot-5w1s", False, compiled=False) == [
         "batched", "serial", "channels-last", "matmul", "seeds", "naive", "passes"]
     assert implementations("reptile", "sine", False) == ["batched", "serial", "compiled", "seeds", "naive", "passes"]
-    # on CUDA (graph rows): no channels-last rows, a CPU-only setting
+    # on CUDA (graph rows): channels-last for the serial paths only, uncompiled
     assert implementations("joint", "omniglot-5w1s", False, graph=True) == [
-        "batched", "serial", "matmul", "compiled", "graph", "graph-batched", "compiled-graph", "seeds", "naive",
+        "batched", "serial", "channels-last", "matmul", "compiled", "graph", "graph-batched", "compiled-graph", "seeds", "naive",
         "passes"]
     # MAML's batched path compiles its whole meta-iteration (minutes): only with --compiled
     assert implementations("maml", "omniglot-5w1s-maml", False, graph=True) == [
