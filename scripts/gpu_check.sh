@@ -10,7 +10,7 @@
 #   DEVICE       cuda (default); cpu only to try the script itself on a CPU machine
 #   ITERS        meta-iterations of each timed run (default 3000)
 #   PYTHON       the Python with torch (default: python3)
-#   SPEED_ALGOS  the algorithms of the speed table (default: all)
+#   SPEED_ALGOS  the algorithms of the speed table (default: reptile,maml, the two the speed targets name)
 #   STEPS        which steps to run, from tests,speed,evaluation,compiled,runs,seeds (default: the first four;
 #                evaluation: `bench speed --evaluation`, the evaluation protocols plain, with matrix-product
 #                convolutions and in bf16, uncompiled;
@@ -51,7 +51,7 @@ fi
 # 2. The speed table: every algorithm and implementation side by side (--quick: 2 rounds), the
 #    compiled rows of the cases that compile step by step included.
 if want speed; then
-  timeout 110 "$py" -m bench speed --device "$device" --quick --algos "${SPEED_ALGOS:-reptile,fomaml,maml,joint}" \
+  timeout 110 "$py" -m bench speed --device "$device" --quick --algos "${SPEED_ALGOS:-reptile,maml}" \
     --out "$out/speed.csv" > "$out/speed.txt" 2>&1
   echo "speed exit $?" >> "$out/speed.txt"
 else
