@@ -75,6 +75,7 @@ import gc
 import math
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -406,6 +407,29 @@ def cuda_peak(fn: Callable[[], None], device) -> float:
 
 # The table ---------------------------------------------------------------------------
 
+def _plan(quick: bool, rounds: int | None) -> dict:
+    """Warm-up calls, rounds and time budget: FULL, QUICK, or exactly `rounds` rounds."""
+    plan = dict(QUICK if quick else FULL)
+    if rounds is not None:
+        plan.update(rounds=rounds, budget_s=None)
+    return plan
+
+
+@contextmanager
+def _torch_threads(threads: int | None):
+    """torch's CPU threads set to `threads` (None: as they are) inside, the caller's after:
+    the commands run in-process too (tests)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None = None,
             threads: int | None = None, compiled: bool | None = None, bf16: bool | None = None
             ) -> tuple[list[dict], dict]:
@@ -417,25 +441,18 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
     from .models import set_precision
     from .peers import learn2learn_version
 
-    plan = dict(QUICK if quick else FULL)
-    if rounds is not None:
-        plan.update(rounds=rounds, budget_s=None)
+    plan = _plan(quick, rounds)
     l2l = learn2learn_version()
     bf16 = device.type == "cuda" if bf16 is None else bf16
     graph = device.type == "cuda"
     keys = [(a, p, i) for a, p in cases(algos)
             for i in implementations(a, p, l2l is not None, compiled, bf16, graph)]
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
-    try:
+    with _torch_threads(threads):
+        threads = torch.get_num_threads()
         set_precision("off")  # float32 for the peers' rows too (the suite's own set it in forward)
         combos = {k: _synced(build(*k, device), device) for k in keys}
         ms, counts, done, first = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
         peaks = {k: cuda_peak(fn, device) if device.type == "cuda" else cpu_peak(fn) for k, fn in combos.items()}
-    finally:
-        torch.set_num_threads(previous)  # called in-process (tests), the setting stays the caller's
 
     rows = []
     for algo, preset, impl in keys:
@@ -468,7 +485,9 @@ EVAL_COLUMNS = ("preset", "implementation", "device", "inner_optimizer", "eval_s
 def eval_implementations(preset: str, device, compiled: bool = True, bf16: bool = False) -> list[str]:
     """The rows of an evaluation case: the CNNs' layouts and convolutions (channels-last on
     the CPU only), bf16 on request, each compiled too unless `compiled` is False."""
-    cnn = _config("reptile" if preset != "omniglot-5w1s-maml" else "maml", preset).task != "sine"
+    from .config import load_config
+
+    cnn = load_config(preset).task != "sine"
 
     def wanted(impl: str) -> bool:
         if impl.startswith("compiled") and not compiled:
@@ -519,22 +538,15 @@ def measure_evaluation(device, *, tasks: int, quick: bool = False, rounds: int |
 
     from .models import set_precision
 
-    plan = dict(QUICK if quick else FULL)
-    if rounds is not None:
-        plan.update(rounds=rounds, budget_s=None)
+    plan = _plan(quick, rounds)
     bf16 = device.type == "cuda" if bf16 is None else bf16
     keys = [(a, p, i) for a, p in EVAL_CASES
             for i in eval_implementations(p, device, compiled is not False, bf16)]
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
-    try:
+    with _torch_threads(threads):
+        threads = torch.get_num_threads()
         set_precision("off")
         combos = {k: _synced(build_evaluation(*k, device, tasks), device) for k in keys}
         seconds, counts, done, first = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
-    finally:
-        torch.set_num_threads(previous)
     rows = []
     for algo, preset, impl in keys:
         cfg, chunk = _eval_config(algo, preset, impl, device)
@@ -595,7 +607,7 @@ def add_parser(sub) -> None:
     s.add_argument("--evaluation", action="store_true",
                    help="time the evaluation protocols instead (ms per test task: each preset's fine-tuning "
                         "and scoring, plain, compiled, with matrix-product convolutions, ...)")
-    s.add_argument("--tasks", type=int, default=100,
+    s.add_argument("--tasks", type=int, default=None,
                    help="test tasks per timed evaluation, with --evaluation (default 100, a periodic evaluation's; "
                         "the final one adapts its tasks 25 at a time on the CPU, 1000 on a GPU)")
     s.add_argument("--out", default=None,
@@ -629,7 +641,9 @@ def main_speed(args) -> int:
         raise ConfigError("--rounds must be 1 or more")
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads must be 1 or more")
-    if args.tasks < 1:
+    if args.tasks is not None and not args.evaluation:
+        raise ConfigError("--tasks counts the test tasks of --evaluation: add --evaluation or drop --tasks")
+    if args.tasks is not None and args.tasks < 1:
         raise ConfigError("--tasks must be 1 or more")
     device = resolve_device(args.device)
     if args.evaluation:
@@ -649,17 +663,17 @@ def main_speed(args) -> int:
     return 0
 
 
-
 def _main_evaluation(args, device) -> int:
     import torch
 
     from .results import write_csv
 
+    tasks = args.tasks or 100
     out = Path(args.out) if args.out else Path("results") / "speed" / "evaluation" / f"{device.type}.csv"
-    rows, run = measure_evaluation(device, tasks=args.tasks, quick=args.quick, rounds=args.rounds,
+    rows, run = measure_evaluation(device, tasks=tasks, quick=args.quick, rounds=args.rounds,
                                    threads=args.threads, compiled=args.compiled, bf16=args.bf16)
     print(f"{device.type}, torch {torch.__version__}, {rows[0]['threads']} threads; median time of an evaluation "
-          f"of {args.tasks} test tasks over {run['rounds']} round-robin rounds after {run['warmup']} warm-up, "
+          f"of {tasks} test tasks over {run['rounds']} round-robin rounds after {run['warmup']} warm-up, "
           "per task")
     print(eval_table(rows))
     out.parent.mkdir(parents=True, exist_ok=True)

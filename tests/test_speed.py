@@ -227,6 +227,7 @@ def test_rounds_stop_at_the_budget_and_every_implementation_of_a_case_runs_as_of
     (["--rounds", "0"], "--rounds"),
     (["--threads", "0"], "--threads"),
     (["--evaluation", "--tasks", "0"], "--tasks"),
+    (["--tasks", "10"], "add --evaluation"),
     (["--device", "tpu"], "--device cpu"),
 ])
 def test_bad_speed_arguments_are_one_line_errors(tmp_path, capsys, argv, words):
