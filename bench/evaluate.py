@@ -117,6 +117,11 @@ def _compiled(model: nn.Module, key: tuple, make):
     return fns[key]
 
 
+def eval_chunk(cfg: Config, device: torch.device) -> int:
+    """Tasks adapted at once: cfg.eval_chunk, or by device when 0 (25 on the CPU, 1000 on a GPU)."""
+    return cfg.eval_chunk or (25 if device.type == "cpu" else 1000)
+
+
 def evaluate(model: nn.Module, params: Params, inner_state: State, sampler, cfg: Config,
              tasks: int) -> EvalResult:
     """Fine-tune on `tasks` fresh tasks from `sampler` and score their queries."""
@@ -125,7 +130,7 @@ def evaluate(model: nn.Module, params: Params, inner_state: State, sampler, cfg:
     loss = task_loss(model, cfg)
     opt = inner_optimizer(cfg)
     state = eval_layout(run_cfg, inner_state)[1] if cfg.inner_state == "carry" else opt.init(params)
-    chunk = cfg.eval_chunk or (25 if next(iter(params.values())).device.type == "cpu" else 1000)
+    chunk = eval_chunk(cfg, next(iter(params.values())).device)
     scores = []
     with torch.no_grad():
         for start in range(0, tasks, chunk):

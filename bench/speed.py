@@ -501,13 +501,15 @@ def eval_implementations(preset: str, device, compiled: bool = True, bf16: bool 
 
 
 def _eval_config(algo: str, preset: str, impl: str, device):
+    """The settings of an evaluation row, and the chunk size evaluation picks with them."""
+    from .evaluate import eval_chunk
+
     cfg = _laid_out(_config(algo, preset), impl)
     if impl.startswith("compiled"):
         cfg = cfg.replace(compile=True)
     if impl == "bf16":
         cfg = cfg.replace(autocast="bf16")
-    chunk = cfg.eval_chunk or (25 if device.type == "cpu" else 1000)  # as bench.evaluate chooses
-    return cfg, chunk
+    return cfg, eval_chunk(cfg, device)
 
 
 def build_evaluation(algo: str, preset: str, impl: str, device, tasks: int) -> Callable[[], None]:
