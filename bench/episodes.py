@@ -47,6 +47,11 @@ class Episode:
         """Tasks start..stop-1 of a meta-batch, still a meta-batch (tasks first)."""
         return Episode(*(t[start:stop] for t in self._tensors()))
 
+    def padded(self, tasks: int) -> "Episode":
+        """This meta-batch filled up to `tasks` tasks with copies of its last one."""
+        extra = tasks - self.num_tasks
+        return Episode(*(torch.cat([t, t[-1:].expand(extra, *t.shape[1:])]) for t in self._tensors()))
+
     def inner_data(self) -> tuple[Tensor, Tensor]:
         """The inner minibatches as data: (tasks, steps, batch, *x_shape) and labels."""
         idx = self.inner_batches

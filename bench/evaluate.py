@@ -7,7 +7,9 @@ and the same inner optimizer state: the carried state when `inner_state` is
 "carry" (the reference restores its full state, Adam moments included, after each
 test task), a fresh one otherwise. Tasks are adapted `eval_chunk` at a time in one
 batched computation; the result does not depend on the chunk size. With `compile`,
-the inner step that adapts a chunk and the scoring are compiled (`_adapted`, `_scores`).
+the inner step that adapts a chunk and the scoring are compiled (`_adapted`, `_scores`),
+and a last chunk smaller than the others is filled up with copies of its last task
+(whose scores are dropped), so that one compilation serves every chunk.
 
 Classification: transductive scoring classifies all N queries in one batch (they
 share batch-norm statistics); non-transductive scoring classifies each query in a
@@ -131,14 +133,17 @@ def evaluate(model: nn.Module, params: Params, inner_state: State, sampler, cfg:
     opt = inner_optimizer(cfg)
     state = eval_layout(run_cfg, inner_state)[1] if cfg.inner_state == "carry" else opt.init(params)
     chunk = eval_chunk(cfg, next(iter(params.values())).device)
+    size = min(chunk, tasks)  # compiled: every chunk this many tasks, one shape to compile for
     scores = []
     with torch.no_grad():
         for start in range(0, tasks, chunk):
             n = min(chunk, tasks - start)
             ep = sampler.sample(n, cfg.shots, cfg.eval_queries, cfg.eval_steps, cfg.eval_batch)
+            if cfg.compile and n < size:
+                ep = ep.padded(size)
             xs, ys = ep.inner_data()
             adapted = _adapted(model, cfg, loss, opt, params, state, xs, ys)
-            scores.append(_scores(model, cfg, adapted, ep).cpu())
+            scores.append(_scores(model, cfg, adapted, ep)[:n].cpu())
     per_task = torch.cat(scores).double().numpy()
     mean, half = mean_ci95(per_task)
     return EvalResult("mse" if cfg.task == "sine" else "accuracy", mean, half, tasks, per_task)

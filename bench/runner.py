@@ -365,6 +365,7 @@ class _Trainee:
         self.task_data = task_data
         self.train_s = 0.0  # meta-training seconds, periodic evaluation excluded
         self.periodic_s = 0.0  # seconds of periodic evaluation
+        self.periodic_last_s = 0.0  # seconds of the latest one (the first holds any compilation)
         if ckpt is not None:
             with torch.no_grad():
                 for k, p in self.params.items():
@@ -374,6 +375,7 @@ class _Trainee:
             set_rng_states(ckpt["rng"], self.train_sampler, self.periodic)
             self.train_s = ckpt["train_seconds"]
             self.periodic_s = ckpt.get("periodic_eval_seconds", 0.0)
+            self.periodic_last_s = ckpt.get("periodic_eval_last_seconds", 0.0)
         self.metrics = MetricsWriter(self.path / "metrics.csv", resume_at=ckpt["metrics_bytes"] if ckpt else None)
         self.snapshots = snapshot_steps(cfg)
         # The first meta-iteration whose loss was not finite (0: none yet) and that loss; kept
@@ -408,7 +410,7 @@ class _Trainee:
             "config": self.cfg.to_dict(), "algo": self.algo, "preset": self.preset, "seed": self.seed,
             "step": done, "format": FORMAT, "run": self.prep.identity,
             "rng": rng_states(self.train_sampler, self.periodic), "train_seconds": self.train_s,
-            "periodic_eval_seconds": self.periodic_s,
+            "periodic_eval_seconds": self.periodic_s, "periodic_eval_last_seconds": self.periodic_last_s,
             "metrics_bytes": self.metrics.offset})
         write_state(self.path, RUNNING, step=done, resumed_at=self.prep.resumed)
         self.last_good = done
@@ -443,7 +445,8 @@ class _Trainee:
         for split, sampler in self.periodic.items():
             r = evaluate(self.model, self.params, self.inner_state, sampler, eval_cfg, self.cfg.eval_every_tasks)
             self.metrics.write(done, self.train_s, split, r.metric, r.value)
-        self.periodic_s += time.perf_counter() - t0
+        self.periodic_last_s = time.perf_counter() - t0
+        self.periodic_s += self.periodic_last_s
 
     def finish(self, together: int) -> dict[str, Any]:
         """The final evaluation on the test split, final.json and the finished marker."""
@@ -470,6 +473,7 @@ class _Trainee:
                  "algo": self.algo, "preset": self.preset, "seed": self.seed, "meta_iters": cfg.meta_iters,
                  "train_seconds": round(self.train_s, 3), "eval_seconds": round(eval_s, 3),
                  "periodic_eval_seconds": round(self.periodic_s, 3),
+                 "periodic_eval_last_seconds": round(self.periodic_last_s, 3),
                  "ms_per_meta_iter": round(1000 * self.train_s / cfg.meta_iters, 3), "seeds_together": together}
         if cfg.task == "sine":  # the Reptile example's figure, for the report
             write_csv(self.path / "sine_predictions.csv", sine_predictions(

@@ -44,6 +44,7 @@ def test_sine_run_writes_the_documented_files(tmp_path):
     assert final["metric"] == "mse" and final["tasks"] == 20 and final["value"] > 0
     assert final["ci95"] > 0
     assert json.loads(out.stdout) == final
+    assert 0 < final["periodic_eval_last_seconds"] < final["periodic_eval_seconds"]  # the second of two
 
     config = json.loads((run / "config.json").read_text())
     assert config["meta_iters"] == 30 and config["overrides"]["meta_iters"] == "30"

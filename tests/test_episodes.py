@@ -87,6 +87,15 @@ def test_inner_data_gathers_the_planned_minibatches():
     assert torch.equal(one.inner_data()[0], xs[1])
 
 
+def test_padded_repeats_the_last_task():
+    ep = ClassSampler(pool(), 5, np.random.default_rng(0)).sample(2, 1, 1, 3, 5)
+    full = ep.padded(5)
+    assert full.num_tasks == 5
+    for x, y in zip(full._tensors(), ep._tensors()):
+        assert torch.equal(x[:2], y)
+        assert all(torch.equal(x[i], y[1]) for i in range(2, 5))
+
+
 def test_too_many_ways_or_shots_is_a_clear_error():
     with pytest.raises(ConfigError, match="ways=31"):
         ClassSampler(pool(), 31, np.random.default_rng(0))

@@ -78,14 +78,27 @@ def test_fast_evaluations_equal_the_plain_one(float64, monkeypatch, preset, chan
     """compile and conv_matmul change how the tasks are adapted and scored, not the
     numbers (float64: rounding far below what could flip a prediction); the compiled
     functions are made at the first evaluation and reused by the next (a run's periodic
-    evaluations compile once)."""
+    evaluations compile once), and see one shape only: the last chunk (2 of the 5
+    tasks) is filled up to the chunk's 3."""
+    from torch.utils._pytree import tree_flatten
+
     from bench import evaluate as ev
     from bench.models import build_model
     from bench.speed import _sampler
     from conftest import InDefaultDtype
 
-    made, real = [], ev.compile_fn
-    monkeypatch.setattr(ev, "compile_fn", lambda fn: made.append(fn) or real(fn))
+    made, shapes, real = [], [], ev.compile_fn
+
+    def recording(fn):
+        made.append(fn)
+        seen, compiled = set(), real(fn)
+        shapes.append(seen)
+
+        def call(*args):
+            seen.add(tuple(tuple(t.shape) for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)))
+            return compiled(*args)
+        return call
+    monkeypatch.setattr(ev, "compile_fn", recording)
     cfg = load_config(preset).replace(eval_steps=3, eval_chunk=3)
     fast_cfg = cfg.replace(**changes)
     torch.manual_seed(0)
@@ -105,3 +118,4 @@ def test_fast_evaluations_equal_the_plain_one(float64, monkeypatch, preset, chan
     again = evaluate(fast_model, params, state, sampler, fast_cfg, 5)  # the next tasks, the same functions
     assert len(made) == (2 if fast_cfg.compile else 0)
     assert not np.array_equal(again.per_task, fast.per_task)
+    assert [len(seen) for seen in shapes] == [1] * len(made)

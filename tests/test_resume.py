@@ -22,7 +22,7 @@ SINE = ["--preset", "sine", "--set", "meta_iters=600", "--set", "eval_tasks=50",
         "--set", "eval_every_tasks=5", "--set", "log_every=10", "--set", "snapshots=4",
         "--set", "inner_optimizer=adam", "--set", "inner_lr=0.01", "--set", "inner_state=carry",
         "--set", "meta_optimizer=adam", "--set", "meta_lr=0.003", "--set", "meta_batch=2"]
-WALL_CLOCK = {"train_seconds", "eval_seconds", "periodic_eval_seconds", "ms_per_meta_iter"}
+WALL_CLOCK = {"train_seconds", "eval_seconds", "periodic_eval_seconds", "periodic_eval_last_seconds", "ms_per_meta_iter"}
 
 
 def command(algo, results, *extra):
