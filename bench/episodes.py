@@ -47,6 +47,11 @@ class Episode:
         """Tasks start..stop-1 of a meta-batch, still a meta-batch (tasks first)."""
         return Episode(*(t[start:stop] for t in self._tensors()))
 
+    @staticmethod
+    def concatenated(parts: list["Episode"]) -> "Episode":
+        """Meta-batches of tasks of the same shapes as one meta-batch, in order."""
+        return Episode(*(torch.cat(tensors) for tensors in zip(*(part._tensors() for part in parts))))
+
     def padded(self, tasks: int) -> "Episode":
         """This meta-batch filled up to `tasks` tasks with copies of its last one."""
         extra = tasks - self.num_tasks

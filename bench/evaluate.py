@@ -34,6 +34,7 @@ from algorithms import adapt_tasks, inner_optimizer
 from algorithms.inner import InnerOptimizer, Params, State, compile_fn, inner_step
 
 from .config import Config
+from .episodes import Episode
 from .models import eval_layout, forward, set_precision, task_loss
 
 
@@ -127,26 +128,51 @@ def eval_chunk(cfg: Config, device: torch.device) -> int:
 def evaluate(model: nn.Module, params: Params, inner_state: State, sampler, cfg: Config,
              tasks: int) -> EvalResult:
     """Fine-tune on `tasks` fresh tasks from `sampler` and score their queries."""
+    return evaluate_splits(model, params, inner_state, {"": sampler}, cfg, tasks)[""]
+
+
+def evaluate_splits(model: nn.Module, params: Params, inner_state: State, samplers: dict, cfg: Config,
+                    tasks: int) -> dict[str, EvalResult]:
+    """`evaluate` on `tasks` tasks from each of `samplers` (by name), all adapted in one
+    sequence of chunks: a chunk may hold tasks of two samplers, so the periodic
+    evaluation of a run's splits fills the chunks a GPU adapts at once (100 tasks per
+    split: one chunk of 200 rather than two of 100). Each sampler draws the same tasks as
+    alone (drawn in pieces or at once, a sampler's tasks are the same), and every task is
+    adapted and scored on its own."""
     set_precision(cfg.autocast)  # outside compiled code, which cannot read the flags
     run_cfg, (cfg, params) = cfg, eval_layout(cfg, params)
     loss = task_loss(model, cfg)
     opt = inner_optimizer(cfg)
     state = eval_layout(run_cfg, inner_state)[1] if cfg.inner_state == "carry" else opt.init(params)
     chunk = eval_chunk(cfg, next(iter(params.values())).device)
-    size = min(chunk, tasks)  # compiled: every chunk this many tasks, one shape to compile for
+    total = tasks * len(samplers)
+    size = min(chunk, total)  # compiled: every chunk this many tasks, one shape to compile for
+    queue = [[sampler, tasks] for sampler in samplers.values()]  # each sampler and its tasks still to draw
     scores = []
     with torch.no_grad():
-        for start in range(0, tasks, chunk):
-            n = min(chunk, tasks - start)
-            ep = sampler.sample(n, cfg.shots, cfg.eval_queries, cfg.eval_steps, cfg.eval_batch)
+        for start in range(0, total, chunk):
+            n = min(chunk, total - start)
+            parts = []
+            while n > sum(part.num_tasks for part in parts):
+                sampler, left = queue[0]
+                k = min(left, n - sum(part.num_tasks for part in parts))
+                parts.append(sampler.sample(k, cfg.shots, cfg.eval_queries, cfg.eval_steps, cfg.eval_batch))
+                queue[0][1] -= k
+                if not queue[0][1]:
+                    queue.pop(0)
+            ep = parts[0] if len(parts) == 1 else Episode.concatenated(parts)
             if cfg.compile and n < size:
                 ep = ep.padded(size)
             xs, ys = ep.inner_data()
             adapted = _adapted(model, cfg, loss, opt, params, state, xs, ys)
             scores.append(_scores(model, cfg, adapted, ep)[:n].cpu())
     per_task = torch.cat(scores).double().numpy()
-    mean, half = mean_ci95(per_task)
-    return EvalResult("mse" if cfg.task == "sine" else "accuracy", mean, half, tasks, per_task)
+    metric = "mse" if cfg.task == "sine" else "accuracy"
+    results = {}
+    for i, name in enumerate(samplers):
+        own = per_task[i * tasks:(i + 1) * tasks]
+        results[name] = EvalResult(metric, *mean_ci95(own), tasks, own)
+    return results
 
 
 def sine_predictions(model: nn.Module, params: Params, inner_state: State, sampler, cfg: Config,

@@ -30,7 +30,7 @@ from .checkpoint import FORMAT, CheckpointClock, resume_point, rng_states, set_r
 from .config import Config, _unknown, algo_settings, available_presets
 from .episodes import Episode
 from .errors import BenchError, ConfigError, TrainingDiverged
-from .evaluate import evaluate, sine_predictions
+from .evaluate import evaluate, evaluate_splits, sine_predictions
 from .graphs import GraphedFunction, check_device
 from .models import build_model, check_layout, laid_out, set_precision, task_loss
 from .protocols import eval_config, protocols
@@ -442,8 +442,9 @@ class _Trainee:
     def periodic_evaluation(self, done: int) -> None:
         eval_cfg = self.evals[0][1]
         t0 = time.perf_counter()
-        for split, sampler in self.periodic.items():
-            r = evaluate(self.model, self.params, self.inner_state, sampler, eval_cfg, self.cfg.eval_every_tasks)
+        results = evaluate_splits(self.model, self.params, self.inner_state, self.periodic, eval_cfg,
+                                  self.cfg.eval_every_tasks)
+        for split, r in results.items():
             self.metrics.write(done, self.train_s, split, r.metric, r.value)
         self.periodic_last_s = time.perf_counter() - t0
         self.periodic_s += self.periodic_last_s

@@ -60,7 +60,7 @@ else
   echo "not run (STEPS)" > "$out/speed.txt"
 fi
 
-# 2b. The evaluation speed table: each preset's evaluation of 100 tasks (a periodic evaluation's), with the
+# 2b. The evaluation speed table: each preset's evaluation of 100 tasks (a periodic evaluation's of one split), with the
 #     library's convolutions (grouped ones under vmap) and as matrix products, uncompiled (the compiled
 #     evaluation is timed by the compiled run below, whose periodic evaluations it runs).
 if want evaluation; then
@@ -90,7 +90,8 @@ if want runs; then
   run graph-batched 35 "${graph[@]}" --set batched=true --set eval_tasks=1000
 fi
 # The compiled runs compile the training step once and the evaluation's step and scoring twice (the
-# periodic evaluations' 100 tasks and the final one's chunks of 1,000 are two shapes).
+# periodic evaluations' 200 tasks, 100 per split adapted together, and the final one's chunks of 1,000 are
+# two shapes).
 want compiled && run compiled-graph 180 "${graph[@]}" --set compile=true
 want cl && run compiled-graph-cl 180 "${graph[@]}" --set compile=true --set channels_last=true
 want matmul && run compiled-graph-matmul 180 "${graph[@]}" --set compile=true --set conv_matmul=true

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.episodes import ClassSampler, SineSampler, minibatch_plan
+from bench.episodes import ClassSampler, Episode, SineSampler, minibatch_plan
 from bench.errors import ConfigError
 
 CLASSES, DRAWINGS = 30, 20
@@ -54,6 +54,7 @@ def test_drawing_in_chunks_gives_the_same_tasks():
     b, c = s.sample(3, 2, 1, 4, 5), s.sample(2, 2, 1, 4, 5)
     for x, y, z in zip(a._tensors(), b._tensors(), c._tensors()):
         assert torch.equal(x, torch.cat([y, z]))
+    assert all(torch.equal(x, y) for x, y in zip(a._tensors(), Episode.concatenated([b, c])._tensors()))
 
 
 def test_same_seed_same_episodes_other_seed_other_episodes():

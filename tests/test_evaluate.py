@@ -9,7 +9,7 @@ from torch.func import functional_call
 from algorithms import adapt, inner_optimizer
 from bench.config import load_config
 from bench.episodes import ClassSampler
-from bench.evaluate import evaluate, mean_ci95
+from bench.evaluate import evaluate, evaluate_splits, mean_ci95
 from bench.models import OmniglotCNN, task_loss
 
 
@@ -35,6 +35,27 @@ def test_result_does_not_depend_on_the_chunk_size(setup):
     b = run_eval(setup, eval_chunk=5)
     np.testing.assert_allclose(a.per_task, b.per_task)
     assert a.tasks == 12 and a.metric == "accuracy"
+
+
+def test_splits_evaluated_together_equal_each_alone(setup):
+    """A run's periodic evaluation adapts its splits' tasks in one sequence of chunks (here
+    of 3: the second holds two tasks of one split and one of the other); each split's
+    tasks and scores are those it has alone."""
+    cfg, model, params, images = setup
+    cfg = cfg.replace(eval_chunk=3)
+    state = inner_optimizer(cfg).init(params)
+
+    def samplers():
+        return {split: ClassSampler(images[part], cfg.ways, np.random.default_rng(seed))
+                for split, part, seed in (("train", slice(0, 30), 1), ("test", slice(30, 40), 2))}
+    together = evaluate_splits(model, params, state, samplers(), cfg, 5)
+    assert list(together) == ["train", "test"]
+    for split, sampler in samplers().items():
+        alone = evaluate(model, params, state, sampler, cfg, 5)
+        np.testing.assert_allclose(together[split].per_task, alone.per_task)
+        assert (together[split].value, together[split].ci95, together[split].tasks) == pytest.approx(
+            (alone.value, alone.ci95, alone.tasks))
+    assert not np.array_equal(together["train"].per_task, together["test"].per_task)
 
 
 def test_non_transductive_classifies_each_query_with_the_support_set(setup):
