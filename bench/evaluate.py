@@ -152,13 +152,14 @@ def evaluate_splits(model: nn.Module, params: Params, inner_state: State, sample
     with torch.no_grad():
         for start in range(0, total, chunk):
             n = min(chunk, total - start)
-            parts = []
-            while n > sum(part.num_tasks for part in parts):
+            parts, drawn = [], 0
+            while drawn < n:
                 sampler, left = queue[0]
-                k = min(left, n - sum(part.num_tasks for part in parts))
+                k = min(left, n - drawn)
                 parts.append(sampler.sample(k, cfg.shots, cfg.eval_queries, cfg.eval_steps, cfg.eval_batch))
+                drawn += k
                 queue[0][1] -= k
-                if not queue[0][1]:
+                if queue[0][1] == 0:
                     queue.pop(0)
             ep = parts[0] if len(parts) == 1 else Episode.concatenated(parts)
             if cfg.compile and n < size:
