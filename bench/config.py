@@ -179,6 +179,12 @@ class Config:
     (`python -m bench speed --evaluation` compares them); the matrix products become one
     batched matrix product. The same maths, equal within float tolerance. Off, the
     compiled CPU path still computes its small convolutions this way (see `compile`)."""
+    eval_matmul: bool
+    """Evaluation computes every convolution as `conv_matmul` does, whatever conv_matmul
+    says for meta-training: the vmapped adaptation of a chunk of test tasks, whose
+    library convolutions become grouped ones, as batched matrix products, while
+    meta-training keeps the library's convolutions (on CUDA, cuDNN's, channels-last
+    where `channels_last` asks for it). The same maths, equal within float tolerance."""
     autocast: str
     """"off": float32 throughout, on a GPU too (PyTorch's default lets cuDNN convolutions
     use TensorFloat-32, which the suite turns off). "tf32": float32 tensors, but

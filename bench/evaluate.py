@@ -9,7 +9,10 @@ test task), a fresh one otherwise. Tasks are adapted `eval_chunk` at a time in o
 batched computation; the result does not depend on the chunk size. With `compile`,
 the inner step that adapts a chunk and the scoring are compiled (`_adapted`, `_scores`),
 and a last chunk smaller than the others is filled up with copies of its last task
-(whose scores are dropped), so that one compilation serves every chunk.
+(whose scores are dropped), so that one compilation serves every chunk. With
+`eval_matmul`, the convolutions are matrix products over the image patches, batched over
+the chunk's tasks (`bench.models.convs_as_matmul`), where the library's convolutions
+would be grouped ones.
 
 Classification: transductive scoring classifies all N queries in one batch (they
 share batch-norm statistics); non-transductive scoring classifies each query in a
@@ -35,7 +38,7 @@ from algorithms.inner import InnerOptimizer, Params, State, compile_fn, inner_st
 
 from .config import Config
 from .episodes import Episode
-from .models import eval_layout, forward, set_precision, task_loss
+from .models import convs_as_matmul, eval_layout, forward, set_precision, task_loss
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,9 @@ def _scores(model: nn.Module, cfg: Config, adapted: Params, ep) -> torch.Tensor:
 
 
 def _forward_settings(cfg: Config) -> tuple:
-    """What `bench.models.forward` and `task_loss` read of cfg."""
-    return cfg.task, cfg.autocast, cfg.channels_last
+    """What `bench.models.forward` and `task_loss` read of cfg, and whether evaluation's
+    convolutions are matrix products."""
+    return cfg.task, cfg.autocast, cfg.channels_last, cfg.eval_matmul
 
 
 def _compiled(model: nn.Module, key: tuple, make):
@@ -149,7 +153,7 @@ def evaluate_splits(model: nn.Module, params: Params, inner_state: State, sample
     size = min(chunk, total)  # compiled: every chunk this many tasks, one shape to compile for
     queue = [[sampler, tasks] for sampler in samplers.values()]  # each sampler and its tasks still to draw
     scores = []
-    with torch.no_grad():
+    with torch.no_grad(), convs_as_matmul(model, cfg.eval_matmul):
         for start in range(0, total, chunk):
             n = min(chunk, total - start)
             parts, drawn = [], 0

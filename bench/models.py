@@ -12,6 +12,8 @@ what makes the modules pure functions of (parameters, input).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -149,6 +151,22 @@ def build_model(cfg: Config) -> nn.Module:
         if isinstance(m, Conv2d):
             m.matmul = cfg.conv_matmul
     return model.to(memory_format=memory_format(cfg))
+
+
+@contextmanager
+def convs_as_matmul(model: nn.Module, on: bool):
+    """Within it (when `on`), every `Conv2d` of `model` computes as a matrix product, as
+    cfg.conv_matmul makes it for a whole run: evaluation's convolutions with
+    cfg.eval_matmul (`bench.evaluate`). Code compiled outside it keeps what it traced."""
+    convs = [m for m in model.modules() if isinstance(m, Conv2d)]
+    before = [m.matmul for m in convs]
+    try:
+        for m in convs:
+            m.matmul = m.matmul or on
+        yield
+    finally:
+        for m, was in zip(convs, before):
+            m.matmul = was
 
 
 def memory_format(cfg: Config) -> torch.memory_format:

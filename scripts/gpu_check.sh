@@ -18,9 +18,10 @@
 #                convolutions and in bf16, uncompiled;
 #                compiled: the preset's serial path compiled step by step and replayed from a CUDA
 #                graph, the fastest; runs: the serial path and the batched one with CUDA graphs,
-#                uncompiled; seeds: five seeds trained together; cl, matmul and tf32: the compiled run
-#                again with channels_last = true, conv_matmul = true, or autocast = "tf32", which changes
-#                results)
+#                uncompiled; seeds: five seeds trained together; cl, matmul, evalmm and tf32: the
+#                compiled run again with channels_last = true, conv_matmul = true, eval_matmul = true,
+#                or autocast = "tf32", which changes results; cl-evalmm: with channels_last = true and
+#                eval_matmul = true)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-/tmp/gpu_check}"
@@ -95,6 +96,9 @@ fi
 want compiled && run compiled-graph 180 "${graph[@]}" --set compile=true
 want cl && run compiled-graph-cl 180 "${graph[@]}" --set compile=true --set channels_last=true
 want matmul && run compiled-graph-matmul 180 "${graph[@]}" --set compile=true --set conv_matmul=true
+want evalmm && run compiled-graph-evalmm 180 "${graph[@]}" --set compile=true --set eval_matmul=true
+want cl-evalmm && run compiled-graph-cl-evalmm 180 "${graph[@]}" --set compile=true --set channels_last=true \
+  --set eval_matmul=true
 want tf32 && run compiled-graph-tf32 180 "${graph[@]}" --set compile=true --set autocast=tf32
 want seeds && run seeds 90 "${graph[@]}" --seeds 0-4 --batch-seeds --set eval_tasks=1000
 
@@ -144,6 +148,8 @@ for name, label in (("graph", "serial path (the preset's), CUDA graph"), ("graph
                     ("compiled-graph", "serial path, compiled and CUDA graph"),
                     ("compiled-graph-cl", "serial path, compiled and CUDA graph, channels-last"),
                     ("compiled-graph-matmul", "serial path, compiled and CUDA graph, conv_matmul"),
+                    ("compiled-graph-evalmm", "serial path, compiled and CUDA graph, eval_matmul"),
+                    ("compiled-graph-cl-evalmm", "serial path, compiled and CUDA graph, channels-last, eval_matmul"),
                     ("compiled-graph-tf32", "serial path, compiled and CUDA graph, TF32 (changes results)")):
     if not (out / f"{name}.rc").is_file():
         continue  # not run (STEPS)

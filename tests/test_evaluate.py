@@ -94,9 +94,10 @@ def test_interval_is_the_student_t_interval_over_tasks():
     ("sine", {"compile": True}),
     ("omniglot-5w1s", {"compile": True}),        # its step and scoring compiled (small convolutions as matmuls)
     ("omniglot-5w1s", {"conv_matmul": True}),    # every convolution a matrix product, batched over the tasks
+    ("omniglot-5w1s", {"eval_matmul": True}),    # the same for evaluation alone
 ])
 def test_fast_evaluations_equal_the_plain_one(float64, monkeypatch, preset, changes):
-    """compile and conv_matmul change how the tasks are adapted and scored, not the
+    """compile, conv_matmul and eval_matmul change how the tasks are adapted and scored, not the
     numbers (float64: rounding far below what could flip a prediction); the compiled
     functions are made at the first evaluation and reused by the next (a run's periodic
     evaluations compile once), and see one shape only: the last chunk (2 of the 5
@@ -140,3 +141,34 @@ def test_fast_evaluations_equal_the_plain_one(float64, monkeypatch, preset, chan
     assert len(made) == (2 if fast_cfg.compile else 0)
     assert not np.array_equal(again.per_task, fast.per_task)
     assert [len(seen) for seen in shapes] == [1] * len(made)
+
+
+def test_eval_matmul_makes_only_the_evaluations_convolutions_matrix_products(monkeypatch):
+    """eval_matmul = true: the evaluation's convolutions run as matrix products, and the
+    network's convolutions are the library's again after it (meta-training's), even when
+    the evaluation fails."""
+    from bench import models
+    from bench.speed import _sampler
+
+    calls, real = [], models.conv_as_matmul
+    monkeypatch.setattr(models, "conv_as_matmul", lambda x, *rest: calls.append(x.shape) or real(x, *rest))
+    cfg = load_config("omniglot-5w1s").replace(eval_steps=2, eval_chunk=3, eval_matmul=True)
+    torch.manual_seed(0)
+    model = models.build_model(cfg)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    state = inner_optimizer(cfg).init(params)
+    result = evaluate(model, params, state, _sampler(cfg, "cpu"), cfg, 4)
+    assert 0 <= result.value <= 1 and len(result.per_task) == 4
+    assert len(calls) >= 4 * 2  # four convolutions, in the steps and the scoring, of both chunks
+    calls.clear()
+    model(torch.rand(2, 1, 28, 28))
+    assert calls == []
+
+    def broken(*args):
+        raise RuntimeError("sampler failed")
+    failing = _sampler(cfg, "cpu")
+    monkeypatch.setattr(failing, "sample", broken)
+    with pytest.raises(RuntimeError, match="sampler failed"):
+        evaluate(model, params, state, failing, cfg, 4)
+    model(torch.rand(2, 1, 28, 28))
+    assert calls == []

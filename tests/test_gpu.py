@@ -180,10 +180,12 @@ def test_cli_run_with_cuda_graph_matches_plain(tmp_path, omniglot_data):
     assert json.loads((graphed / "seed0" / "config.json").read_text())["cuda_graph"] is True
 
 
-@pytest.mark.parametrize("changes", [{}, {"conv_matmul": True}, {"compile": True}])
+@pytest.mark.parametrize("changes", [{}, {"conv_matmul": True}, {"compile": True},
+                                     {"eval_matmul": True, "channels_last": True}])
 def test_evaluation_on_cuda_matches_the_cpu(float64, changes):
     # the plain evaluation (grouped convolutions under vmap), with matrix-product convolutions
-    # and compiled, each on CUDA against the plain one on the CPU
+    # (for a run that trains in channels-last order too), and compiled, each on CUDA against
+    # the plain one on the CPU
     import numpy as np
 
     from algorithms import inner_optimizer
