@@ -28,6 +28,7 @@ from .errors import BenchError
 from .report_data import (SINE_FILE, VARIANCE_FILE, ReportError, Run, Skipped, curve_split, curves, discover,
                           finals, no_runs_error)
 from .report_stats import ALPHA, pairwise, seed_std, summarize
+from .speed import speedup_text
 
 __all__ = ["ReportError", "build_report", "add_parser", "main_report"]
 
@@ -394,18 +395,20 @@ def _cost_section(results_dir: Path) -> list[str]:
                         "writes one per device.", ""]
     lines += ["From `python -m bench speed`: each algorithm at its paper settings, every implementation timed "
               "side by side in one process (median ms per meta-iteration after warm-up; peak memory of one "
-              "meta-iteration; speed-ups over the naive implementation and over learn2learn). `seeds` is per "
-              "run, five runs trained together.", ""]
+              "meta-iteration; speed-ups over the naive implementation and over learn2learn, with their 95% "
+              "intervals over the timed rounds where the table has them). `seeds` is per run, five runs trained "
+              "together.", ""]
     for f in files:
         df = _read_table(f, SPEED_COLUMNS, "a speed table", lines)
         if df is None:
             continue
-        rows = [[r.algo, r.preset, r.implementation, r.ms_per_meta_iter, r.peak_mem_mb or "-",
-                 r.speedup_vs_naive or "-", r.speedup_vs_learn2learn or "-"] for r in df.itertuples()]
+        rows = [[r["algo"], r["preset"], r["implementation"], r["ms_per_meta_iter"], r["peak_mem_mb"] or "-",
+                 speedup_text(r, "speedup_vs_naive"), speedup_text(r, "speedup_vs_learn2learn")]
+                for r in df.to_dict("records")]
         lines += [f"### {f.stem}", "", f"`{f.as_posix()}`: torch {distinct(df['torch'])}, "
                   f"{distinct(df['threads'])} thread(s).", "",
-                  md_table(["algorithm", "preset", "implementation", "ms / meta-iteration", "peak MiB", "x naive",
-                            "x learn2learn"], rows), ""]
+                  md_table(["algorithm", "preset", "implementation", "ms / meta-iteration", "peak MiB", "x naive [95%]",
+                            "x learn2learn [95%]"], rows), ""]
     return lines + _evaluation_cost(results_dir)
 
 
@@ -436,12 +439,13 @@ def _evaluation_cost(results_dir: Path) -> list[str]:
         df = _read_table(f, EVAL_COST_COLUMNS, "an evaluation speed table", lines)
         if df is None:
             continue
-        rows = [[r.preset, r.implementation, r.tasks, r.ms_per_task, r.first_call_s, r.speedup_vs_plain]
-                for r in df.itertuples()]
+        rows = [[r["preset"], r["implementation"], r["tasks"], r["ms_per_task"], r["first_call_s"],
+                 speedup_text(r, "speedup_vs_plain")] for r in df.to_dict("records")]
         lines += [f"### evaluation, {f.stem}", "",
                   f"`{f.as_posix()}` (`python -m bench speed --evaluation`): each preset's evaluation protocol, "
                   f"median ms per test task; torch {distinct(df['torch'])}, {distinct(df['threads'])} thread(s).", "",
-                  md_table(["preset", "implementation", "tasks", "ms / test task", "first call s", "x plain"], rows),
+                  md_table(["preset", "implementation", "tasks", "ms / test task", "first call s", "x plain [95%]"],
+                           rows),
                   ""]
     return lines
 

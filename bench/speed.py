@@ -52,8 +52,13 @@ alike; a case whose meta-iteration is short runs several timed meta-iterations p
 round. The time is the median over all timed meta-iterations after the warm-up, with a
 host sync after each (on a GPU, `torch.cuda.synchronize`). The default runs 8 rounds
 after 2 warm-up ones, fewer (3 at least) once the rounds have taken a minute; `--quick`
-runs 2 after 1. `--threads` sets torch's CPU threads for every implementation alike:
-on a machine other jobs keep busy, one thread avoids the threads waiting on each other.
+runs 2 after 1. A speed-up is paired by round: within each round the ratio of the two
+rows' medians is one observation, and the speed-up is the median of the rounds' ratios
+(so it may differ a little from the ratio of the two rows' overall medians), with its
+95% interval from the ordered ratios (`speedup`: at least 6 rounds); an interval that
+holds 1 means these rounds cannot tell the two rows apart. `--threads` sets torch's CPU threads for
+every implementation alike: on a machine other jobs keep busy, one thread avoids the
+threads waiting on each other.
 
 Peak memory (MiB, 2**20 bytes) is what one meta-iteration needs beyond what was set up
 before it (model, data, optimizers), measured after the timing, one implementation at a
@@ -77,7 +82,9 @@ import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
+
+import numpy as np
 
 ALGOS = ("reptile", "fomaml", "maml", "joint")
 PRESETS = {"reptile": ("omniglot-5w1s", "sine"), "fomaml": ("omniglot-5w1s-maml",),
@@ -90,8 +97,9 @@ SEEDS = 5
 SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "tail", "inner_optimizer",
             "inner_lr", "inner_steps", "inner_batch", "inner_state", "meta_batch", "meta_optimizer", "meta_lr")
 COLUMNS = ("algo", "implementation", "device", *SETTINGS, "threads", "torch", "timed_iters",
-           "ms_per_meta_iter", "first_call_s", "peak_mem_mb", "speedup_vs_naive",
-           "speedup_vs_learn2learn")
+           "ms_per_meta_iter", "first_call_s", "peak_mem_mb", "speedup_vs_naive", "speedup_vs_naive_ci95_low",
+           "speedup_vs_naive_ci95_high", "speedup_vs_learn2learn", "speedup_vs_learn2learn_ci95_low",
+           "speedup_vs_learn2learn_ci95_high")
 FULL = {"warmup": 2, "rounds": 8, "budget_s": 60.0}
 QUICK = {"warmup": 1, "rounds": 2, "budget_s": None}
 MIN_ROUNDS = 3  # the budget stops the rounds after this many at the earliest
@@ -179,7 +187,6 @@ def _sampler(cfg, device, seed: int = 0):
     """Episodes of random data of the task's shape on the device: for Omniglot a pool of
     64 classes of 20 random binary 28x28 drawings (as many as the real ones, seed 0);
     `seed` seeds the episodes."""
-    import numpy as np
     import torch
 
     from .episodes import ClassSampler, SineSampler
@@ -310,13 +317,22 @@ def _synced(fn: Callable[[], None], device) -> Callable[[], None]:
     return run
 
 
-def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = None
-             ) -> tuple[dict, dict, int, dict]:
-    """Median seconds per meta-iteration of every (algo, preset, impl), timed round-robin,
-    the number of timed meta-iterations of each, the rounds run (`rounds`, or fewer,
-    MIN_ROUNDS at least, once the rounds have taken `budget_s`: a slow or busy machine),
-    and the seconds of each one's first call (compilation included). All implementations
-    of a case run the same number of meta-iterations (so they see the same episodes)."""
+class Timings(NamedTuple):
+    """What `time_all` measured, by (algo, preset, impl): the median seconds per
+    meta-iteration over every timed one, how many were timed, the rounds run, the seconds
+    of the first call (compilation included), and each round's median."""
+    median: dict
+    count: dict
+    rounds: int
+    first: dict
+    by_round: dict
+
+
+def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = None) -> Timings:
+    """Every (algo, preset, impl) of `combos` timed round-robin: `rounds` rounds, or fewer,
+    MIN_ROUNDS at least, once the rounds have taken `budget_s` (a slow or busy machine).
+    All implementations of a case run the same number of meta-iterations (so they see the
+    same episodes)."""
     last: dict = {}
     first: dict = {}
     for key, fn in combos.items():  # first-call costs: compilation, allocations, kernel selection
@@ -329,18 +345,51 @@ def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = No
     for key in combos:
         slowest = max(t for k, t in last.items() if k[:2] == key[:2])
         reps[key] = min(MAX_REPS, max(1, math.ceil(ROUND_S / max(slowest, 1e-9))))
-    times: dict = {k: [] for k in combos}
+    times: dict = {k: [] for k in combos}  # per key, one list of times per round
     start, done = time.perf_counter(), 0
     while done < rounds and not (budget_s is not None and done >= MIN_ROUNDS
                                  and time.perf_counter() - start > budget_s):
         for key, fn in combos.items():
+            times[key].append([])
             for _ in range(reps[key]):
                 t0 = time.perf_counter()
                 fn()
-                times[key].append(time.perf_counter() - t0)
+                times[key][-1].append(time.perf_counter() - t0)
         done += 1
-    return ({k: statistics.median(ts) for k, ts in times.items()}, {k: len(ts) for k, ts in times.items()}, done,
-            first)
+    return Timings({k: statistics.median(t for r in ts for t in r) for k, ts in times.items()},
+                   {k: sum(map(len, ts)) for k, ts in times.items()}, done, first,
+                   {k: [statistics.median(r) for r in ts] for k, ts in times.items()})
+
+
+MIN_CI_ROUNDS = 6
+"""Rounds a 95% interval of a speed-up needs (fewer: no two of the rounds' ordered ratios
+bracket their median with 95% confidence)."""
+
+
+def speedup(base: list[float], faster: list[float]) -> tuple[float, tuple[float, float] | None]:
+    """The speed-up of `faster` over `base` from their round medians, paired by round (a
+    round times both rows within seconds, so its ratio is one observation however busy
+    the machine was then): the median of the rounds' ratios base / faster, and the 95%
+    interval of that median that no assumption of a distribution needs (scipy's
+    `quantile_test`: two of the ordered ratios), None with fewer than MIN_CI_ROUNDS rounds."""
+    from scipy import stats
+
+    ratios = np.asarray(base, dtype=float) / np.asarray(faster, dtype=float)
+    point = float(np.median(ratios))
+    if len(ratios) < MIN_CI_ROUNDS:
+        return point, None
+    ci = stats.quantile_test(ratios, q=point, p=0.5).confidence_interval(0.95)
+    return point, (float(ci.low), float(ci.high))
+
+
+def _speedup_columns(name: str, base: list[float] | None, faster: list[float]) -> dict:
+    """`name` (the speed-up, rounded to 0.01), `name`_ci95_low and `name`_ci95_high (empty
+    where there is no interval, or no `base` row at all)."""
+    if base is None:
+        return {name: "", f"{name}_ci95_low": "", f"{name}_ci95_high": ""}
+    point, interval = speedup(base, faster)
+    low, high = (round(v, 2) for v in interval) if interval is not None else ("", "")
+    return {name: round(point, 2), f"{name}_ci95_low": low, f"{name}_ci95_high": high}
 
 
 # Peak memory -------------------------------------------------------------------------
@@ -451,23 +500,26 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
         threads = torch.get_num_threads()
         set_precision("off")  # float32 for the peers' rows too (the suite's own set it in forward)
         combos = {k: _synced(build(*k, device), device) for k in keys}
-        ms, counts, done, first = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
+        timed = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
         peaks = {k: cuda_peak(fn, device) if device.type == "cuda" else cpu_peak(fn) for k, fn in combos.items()}
 
     rows = []
     for algo, preset, impl in keys:
-        cfg, t = _config(algo, preset), ms[(algo, preset, impl)] / (SEEDS if impl == "seeds" else 1)
-        naive_t, l2l_t = ms.get((algo, preset, "naive")), ms.get((algo, preset, "learn2learn"))
-        peak = peaks.get((algo, preset, impl))
+        key, per = (algo, preset, impl), (SEEDS if impl == "seeds" else 1)  # `seeds`: per run
+        cfg, t = _config(algo, preset), timed.median[key] / per
+        rounds = [r / per for r in timed.by_round[key]]
+        naive, l2l_key = (algo, preset, "naive"), (algo, preset, "learn2learn")
+        peak = peaks.get(key)
         rows.append({
             "algo": algo, "implementation": impl, "device": device.type,
             **{s: getattr(cfg, s) for s in SETTINGS if s != "preset"}, "preset": preset,
-            "threads": threads, "torch": torch.__version__, "timed_iters": counts[(algo, preset, impl)],
-            "ms_per_meta_iter": round(1000 * t, 3), "first_call_s": round(first[(algo, preset, impl)], 3),
+            "threads": threads, "torch": torch.__version__, "timed_iters": timed.count[key],
+            "ms_per_meta_iter": round(1000 * t, 3), "first_call_s": round(timed.first[key], 3),
             "peak_mem_mb": "" if peak is None else round(peak, 1),
-            "speedup_vs_naive": "" if naive_t is None else round(naive_t / t, 2),
-            "speedup_vs_learn2learn": "" if l2l_t is None else round(l2l_t / t, 2)})
-    return [{c: r[c] for c in COLUMNS} for r in rows], {"warmup": plan["warmup"], "rounds": done, "learn2learn": l2l}
+            **_speedup_columns("speedup_vs_naive", timed.by_round.get(naive), rounds),
+            **_speedup_columns("speedup_vs_learn2learn", timed.by_round.get(l2l_key), rounds)})
+    return [{c: r[c] for c in COLUMNS} for r in rows], {"warmup": plan["warmup"], "rounds": timed.rounds,
+                                                        "learn2learn": l2l}
 
 
 # Evaluation ------------------------------------------------------------------------
@@ -479,7 +531,7 @@ transductive) and the sine example's."""
 EVAL_IMPLEMENTATIONS = ("plain", "channels-last", "matmul", "bf16", "compiled", "compiled-cl", "compiled-matmul")
 EVAL_COLUMNS = ("preset", "implementation", "device", "inner_optimizer", "eval_steps", "eval_batch", "transductive",
                 "tasks", "eval_chunk", "threads", "torch", "timed_evals", "ms_per_task", "first_call_s",
-                "speedup_vs_plain")
+                "speedup_vs_plain", "speedup_vs_plain_ci95_low", "speedup_vs_plain_ci95_high")
 
 
 def eval_implementations(preset: str, device, compiled: bool = True, bf16: bool = False) -> list[str]:
@@ -548,25 +600,36 @@ def measure_evaluation(device, *, tasks: int, quick: bool = False, rounds: int |
         threads = torch.get_num_threads()
         set_precision("off")
         combos = {k: _synced(build_evaluation(*k, device, tasks), device) for k in keys}
-        seconds, counts, done, first = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
+        timed = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
     rows = []
     for algo, preset, impl in keys:
         cfg, chunk = _eval_config(algo, preset, impl, device)
-        t, plain = seconds[(algo, preset, impl)], seconds[(algo, preset, "plain")]
+        key, plain = (algo, preset, impl), (algo, preset, "plain")
+        t = timed.median[key]
         rows.append({"preset": preset, "implementation": impl, "device": device.type,
                      "inner_optimizer": cfg.inner_optimizer, "eval_steps": cfg.eval_steps,
                      "eval_batch": cfg.eval_batch, "transductive": cfg.transductive, "tasks": tasks,
                      "eval_chunk": chunk, "threads": threads, "torch": torch.__version__,
-                     "timed_evals": counts[(algo, preset, impl)], "ms_per_task": round(1000 * t / tasks, 3),
-                     "first_call_s": round(first[(algo, preset, impl)], 3), "speedup_vs_plain": round(plain / t, 2)})
-    return rows, {"warmup": plan["warmup"], "rounds": done}
+                     "timed_evals": timed.count[key], "ms_per_task": round(1000 * t / tasks, 3),
+                     "first_call_s": round(timed.first[key], 3),
+                     **_speedup_columns("speedup_vs_plain", timed.by_round[plain], timed.by_round[key])})
+    return rows, {"warmup": plan["warmup"], "rounds": timed.rounds}
+
+
+def speedup_text(row: dict, name: str) -> str:
+    """The row's speed-up `name` with its 95% interval: "1.88 [1.75, 2.02]" ("-": none)."""
+    x = row.get(name, "")
+    if x in ("", None):
+        return "-"
+    low, high = row.get(f"{name}_ci95_low", ""), row.get(f"{name}_ci95_high", "")
+    return f"{float(x):.2f}" + ("" if low in ("", None) else f" [{float(low):.2f}, {float(high):.2f}]")
 
 
 def eval_table(rows: list[dict]) -> str:
-    lines = ["| preset | implementation | ms / test task | first call s | x plain |", "|---|---|---|---|---|"]
+    lines = ["| preset | implementation | ms / test task | first call s | x plain [95%] |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['preset']} | {r['implementation']} | {_ms(r['ms_per_task'])} | {r['first_call_s']:.1f} | "
-                     f"{r['speedup_vs_plain']:.2f} |")
+                     f"{speedup_text(r, 'speedup_vs_plain')} |")
     return "\n".join(lines)
 
 
@@ -576,15 +639,15 @@ def _ms(ms: float) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """The rows as a Markdown table, one line per (algorithm, preset, implementation)."""
-    lines = ["| algorithm | preset | implementation | ms / meta-iteration | peak MiB | x naive | x learn2learn |",
-             "|---|---|---|---|---|---|---|"]
+    """The rows as a Markdown table, one line per (algorithm, preset, implementation); each
+    speed-up with its 95% interval over the rounds (`speedup`)."""
+    lines = ["| algorithm | preset | implementation | ms / meta-iteration | peak MiB | x naive [95%] | "
+             "x learn2learn [95%] |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        x_naive = f"{r['speedup_vs_naive']:.2f}" if r["speedup_vs_naive"] != "" else "-"
-        x_l2l = f"{r['speedup_vs_learn2learn']:.2f}" if r["speedup_vs_learn2learn"] != "" else "-"
         peak = r["peak_mem_mb"] if r["peak_mem_mb"] != "" else "-"
         lines.append(f"| {r['algo']} | {r['preset']} | {r['implementation']} | {_ms(r['ms_per_meta_iter'])} | "
-                     f"{peak} | {x_naive} | {x_l2l} |")
+                     f"{peak} | {speedup_text(r, 'speedup_vs_naive')} | "
+                     f"{speedup_text(r, 'speedup_vs_learn2learn')} |")
     return "\n".join(lines)
 
 
@@ -654,7 +717,8 @@ def main_speed(args) -> int:
     rows, run = measure(algos, device, quick=args.quick, rounds=args.rounds, threads=args.threads,
                         compiled=args.compiled, bf16=args.bf16)
     print(f"{device.type}, torch {torch.__version__}, {rows[0]['threads']} threads; median time per "
-          f"meta-iteration over {run['rounds']} round-robin rounds after {run['warmup']} warm-up; peak memory: "
+          f"meta-iteration over {run['rounds']} round-robin rounds after {run['warmup']} warm-up; [95% interval "
+          "of each speed-up, from the rounds' ratios]; peak memory: "
           + ("CUDA max_memory_allocated during one meta-iteration" if device.type == "cuda" else
              "growth of the peak resident set during one meta-iteration (allocator slack included)"))
     print(table(rows))
@@ -676,7 +740,7 @@ def _main_evaluation(args, device) -> int:
                                    threads=args.threads, compiled=args.compiled, bf16=args.bf16)
     print(f"{device.type}, torch {torch.__version__}, {rows[0]['threads']} threads; median time of an evaluation "
           f"of {tasks} test tasks over {run['rounds']} round-robin rounds after {run['warmup']} warm-up, "
-          "per task")
+          "per task; [95% interval of each speed-up, from the rounds' ratios]")
     print(eval_table(rows))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, rows)

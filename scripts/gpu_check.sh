@@ -107,6 +107,8 @@ want seeds && run seeds 90 "${graph[@]}" --seeds 0-4 --batch-seeds --set eval_ta
 import csv, datetime, json, re, sys
 from pathlib import Path
 
+from bench.speed import speedup_text
+
 out, card, iters, seconds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 full_iters, full_tasks = 100_000, 10_000
 lines = [f"# GPU check on {card}, {datetime.date.today()}", "",
@@ -119,7 +121,8 @@ if (out / "speed.csv").is_file():
     lines += ["| algorithm | preset | implementation | ms | first call s | peak MiB | x naive | x learn2learn |",
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['algo']} | {r['preset']} | {r['implementation']} | {r['ms_per_meta_iter']} | {r['first_call_s']} | "
-              f"{r['peak_mem_mb']} | {r['speedup_vs_naive'] or '-'} | {r['speedup_vs_learn2learn'] or '-'} |" for r in rows]
+              f"{r['peak_mem_mb']} | {speedup_text(r, 'speedup_vs_naive')} | {speedup_text(r, 'speedup_vs_learn2learn')} |"
+              for r in rows]
 else:
     lines += ["No table: " + (out / "speed.txt").read_text().strip().splitlines()[-1]]
 lines += ["", "## Evaluation (`python -m bench speed --evaluation --quick --no-compiled`), ms per test task", ""]
@@ -128,7 +131,7 @@ if (out / "evaluation.csv").is_file():
         rows = list(csv.DictReader(f))
     lines += ["| preset | implementation | tasks | ms / task | first call s | x plain |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['preset']} | {r['implementation']} | {r['tasks']} | {r['ms_per_task']} | {r['first_call_s']} | "
-              f"{r['speedup_vs_plain']} |" for r in rows]
+              f"{speedup_text(r, 'speedup_vs_plain')} |" for r in rows]
 else:
     lines += ["No table: " + ((out / "evaluation.txt").read_text().strip().splitlines() or ["(empty)"])[-1]]
 lines += ["", f"## omniglot-5w1s Reptile, {iters:,} meta-iterations", "",

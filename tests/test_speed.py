@@ -25,7 +25,8 @@ CPU = torch.device("cpu")
 COLUMNS = ["algo", "implementation", "device", "preset", "task", "ways", "shots", "train_shots", "query_shots",
            "tail", "inner_optimizer", "inner_lr", "inner_steps", "inner_batch", "inner_state", "meta_batch",
            "meta_optimizer", "meta_lr", "threads", "torch", "timed_iters", "ms_per_meta_iter", "first_call_s",
-           "peak_mem_mb", "speedup_vs_naive", "speedup_vs_learn2learn"]
+           "peak_mem_mb", "speedup_vs_naive", "speedup_vs_naive_ci95_low", "speedup_vs_naive_ci95_high",
+           "speedup_vs_learn2learn", "speedup_vs_learn2learn_ci95_low", "speedup_vs_learn2learn_ci95_high"]
 
 
 @pytest.fixture(autouse=True)
@@ -165,6 +166,7 @@ def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
         case = (r["algo"], r["preset"])
         assert r["device"] == "cpu" and r["threads"] == "1" and float(r["ms_per_meta_iter"]) > 0
         assert float(r["peak_mem_mb"]) >= 0 and float(r["first_call_s"]) > 0
+        # one round: its ratio, the speed-up, is the ratio of the two rows' medians
         assert float(r["speedup_vs_naive"]) == pytest.approx(ms[(*case, "naive")] / ms[(*case, r["implementation"])],
                                                              rel=0.01, abs=0.01)
         if (*case, "learn2learn") in ms:
@@ -172,6 +174,7 @@ def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
                 ms[(*case, "learn2learn")] / ms[(*case, r["implementation"])], rel=0.01, abs=0.01)
         else:
             assert r["speedup_vs_learn2learn"] == ""
+        assert all(r[c] == "" for c in COLUMNS if "_ci95_" in c)  # one round: no intervals
         # every implementation of a case ran as many meta-iterations: the same episodes
         assert r["timed_iters"] == next(s["timed_iters"] for s in rows if (s["algo"], s["preset"]) == case)
     settings = {(r["algo"], r["preset"]): (r["meta_batch"], r["inner_steps"], r["inner_optimizer"]) for r in rows}
@@ -183,13 +186,20 @@ def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
 def test_speed_writes_results_speed_device_csv_by_default(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(2)
-    assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu",
+    assert main(["speed", "--algos", "joint", "--quick", "--rounds", "6", "--threads", "1", "--device", "cpu",
                  "--no-compiled"]) == 0
     assert torch.get_num_threads() == 2  # --threads is the run's, not the caller's
     header, rows = read(tmp_path / "results" / "speed" / "cpu.csv")
     assert header == COLUMNS and [r["implementation"] for r in rows] == ["batched", "serial", "channels-last",
                                                                          "matmul", "seeds", "naive", "passes"]
-    assert "wrote results/speed/cpu.csv" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote results/speed/cpu.csv" in printed
+    for r in rows:  # six rounds: each speed-up over the naive row inside its interval
+        low, high = float(r["speedup_vs_naive_ci95_low"]), float(r["speedup_vs_naive_ci95_high"])
+        assert 0 < low <= float(r["speedup_vs_naive"]) <= high and r["speedup_vs_learn2learn_ci95_low"] == ""
+        assert f"{float(r['speedup_vs_naive']):.2f} [{low:.2f}, {high:.2f}]" in printed
+    naive = next(r for r in rows if r["implementation"] == "naive")
+    assert naive["speedup_vs_naive_ci95_low"] == naive["speedup_vs_naive_ci95_high"] == "1.0"  # itself, every round
 
 
 def test_speed_bf16_rows_on_request(tmp_path):
@@ -211,13 +221,42 @@ def test_rounds_stop_at_the_budget_and_every_implementation_of_a_case_runs_as_of
         return fn
 
     combos = {("x", "p", "a"): work("a", 0.001), ("x", "p", "b"): work("b", 0.004), ("y", "p", "c"): work("c", 0.06)}
-    ms, counts, done, first = speed.time_all(combos, warmup=1, rounds=5)
+    timed = speed.time_all(combos, warmup=1, rounds=5)
+    ms, counts, done, first = timed.median, timed.count, timed.rounds, timed.first
     assert first[("y", "p", "c")] >= 0.06
+    assert all(len(timed.by_round[k]) == 5 for k in combos)  # each round's median
+    assert max(timed.by_round[("y", "p", "c")]) >= 0.06 > max(timed.by_round[("x", "p", "a")])
     # ceil(0.05 s / the case's slowest meta-iteration) per round, so the same for a and b
     assert done == 5 and counts[("x", "p", "a")] == counts[("x", "p", "b")] > 5 and counts[("y", "p", "c")] == 5
     assert calls == {"a": counts[("x", "p", "a")] + 1, "b": counts[("x", "p", "b")] + 1, "c": 6}
     assert ms[("x", "p", "a")] < ms[("x", "p", "b")] < ms[("y", "p", "c")]
-    assert speed.time_all(combos, warmup=1, rounds=5, budget_s=0.0)[2] == speed.MIN_ROUNDS
+    assert speed.time_all(combos, warmup=1, rounds=5, budget_s=0.0).rounds == speed.MIN_ROUNDS
+
+
+def test_speedup_pairs_the_rounds_and_brackets_their_median_ratio():
+    # a machine three times busier in some rounds slows both rows of those rounds: paired by
+    # round, the ratio is exactly 2 every round, so the interval is the point
+    busy = [1.0, 3.0, 1.2, 2.5, 1.0, 1.1]
+    assert speed.speedup([0.2 * b for b in busy], [0.1 * b for b in busy]) == (pytest.approx(2.0),
+                                                                                 (pytest.approx(2.0),) * 2)
+    # the busy spells fall in other rounds for the faster row: the rounds' ratios disagree
+    # (0.67 to 6), and the interval says so
+    point, (low, high) = speed.speedup([0.2 * b for b in busy], [0.1 * b for b in reversed(busy)])
+    assert low < 1 < point < 3 < high
+    # a round the machine spoiled for one row only moves the median ratio little
+    ratios = [2.0, 2.1, 1.9, 2.05, 1.95, 2.0, 2.0, 9.0]
+    point, (low, high) = speed.speedup(ratios, [1.0] * 8)
+    assert point == pytest.approx(2.0) and low == pytest.approx(1.9) and high == pytest.approx(9.0)
+    # more rounds of the same spread: the interval drops the extreme ratios
+    point, (low, high) = speed.speedup(ratios * 2, [1.0] * 16)
+    assert point == pytest.approx(2.0) and 1.9 < low < high < 2.2
+    # fewer than MIN_CI_ROUNDS rounds: the median ratio, no interval
+    assert speed.speedup([2.0, 2.2, 2.4], [1.0, 1.0, 1.0]) == (pytest.approx(2.2), None)
+    assert speed.MIN_CI_ROUNDS == 6
+    row = {"x": 1.876, "x_ci95_low": 1.7, "x_ci95_high": 2.05}
+    assert speed.speedup_text(row, "x") == "1.88 [1.70, 2.05]"
+    assert speed.speedup_text({"x": 1.5, "x_ci95_low": "", "x_ci95_high": ""}, "x") == "1.50"
+    assert speed.speedup_text({"x": ""}, "x") == "-"
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -291,6 +330,7 @@ def test_speed_evaluation_times_every_protocol_side_by_side(tmp_path, capsys):
         assert r["timed_evals"] == next(s["timed_evals"] for s in rows if s["preset"] == r["preset"])
         assert float(r["speedup_vs_plain"]) == pytest.approx(plain[r["preset"]] / float(r["ms_per_task"]),
                                                              rel=0.01, abs=0.01)
+        assert r["speedup_vs_plain_ci95_low"] == r["speedup_vs_plain_ci95_high"] == ""  # one round
         assert f"| {r['preset']} | {r['implementation']} |" in printed
     protocol = {r["preset"]: (r["inner_optimizer"], r["eval_steps"], r["transductive"], r["eval_chunk"]) for r in rows}
     assert protocol == {"omniglot-5w1s": ("adam", "50", "False", "25"),
