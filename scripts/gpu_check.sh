@@ -51,10 +51,11 @@ else
   echo "not run (STEPS)" > "$out/pytest.txt"
 fi
 
-# 2. The speed table: every algorithm and implementation side by side (--quick: 2 rounds), the
-#    compiled rows of the cases that compile step by step included.
+# 2. The speed table: every algorithm and implementation side by side (--quick's one warm-up call,
+#    then 6 rounds, the fewest that give each speed-up its 95% interval: a few seconds more on a GPU
+#    than --quick's 2), the compiled rows of the cases that compile step by step included.
 if want speed; then
-  timeout 100 "$py" -m bench speed --device "$device" --quick --algos "${SPEED_ALGOS:-reptile,maml}" \
+  timeout 100 "$py" -m bench speed --device "$device" --quick --rounds 6 --algos "${SPEED_ALGOS:-reptile,maml}" \
     --out "$out/speed.csv" > "$out/speed.txt" 2>&1
   echo "speed exit $?" >> "$out/speed.txt"
 else
@@ -114,7 +115,8 @@ full_iters, full_tasks = 100_000, 10_000
 lines = [f"# GPU check on {card}, {datetime.date.today()}", "",
          f"`scripts/gpu_check.sh`, {seconds} s in all.", "", "```", (out / "gpu.txt").read_text().strip(), "```", "",
          "## Tests", "", "```", "\n".join((out / "pytest.txt").read_text().strip().splitlines()[-4:]), "```", "",
-         "## Speed (`python -m bench speed --quick`), ms per meta-iteration", ""]
+         "## Speed (`python -m bench speed --quick --rounds 6`), ms per meta-iteration, speed-ups with "
+         "their 95% intervals", ""]
 if (out / "speed.csv").is_file():
     with open(out / "speed.csv") as f:
         rows = list(csv.DictReader(f))
