@@ -717,8 +717,8 @@ def main_speed(args) -> int:
     rows, run = measure(algos, device, quick=args.quick, rounds=args.rounds, threads=args.threads,
                         compiled=args.compiled, bf16=args.bf16)
     print(f"{device.type}, torch {torch.__version__}, {rows[0]['threads']} threads; median time per "
-          f"meta-iteration over {run['rounds']} round-robin rounds after {run['warmup']} warm-up; [95% interval "
-          "of each speed-up, from the rounds' ratios]; peak memory: "
+          f"meta-iteration over {run['rounds']} round-robin rounds after {run['warmup']} warm-up; "
+          f"{_intervals_said(run['rounds'])}; peak memory: "
           + ("CUDA max_memory_allocated during one meta-iteration" if device.type == "cuda" else
              "growth of the peak resident set during one meta-iteration (allocator slack included)"))
     print(table(rows))
@@ -727,6 +727,14 @@ def main_speed(args) -> int:
     write_csv(out, rows)
     print(f"wrote {out}")
     return 0
+
+
+def _intervals_said(rounds: int) -> str:
+    """What the printed table's brackets are, or why it has none."""
+    if rounds >= MIN_CI_ROUNDS:
+        return "speed-ups are the rounds' median ratios, [their 95% intervals]"
+    return (f"speed-ups are the rounds' median ratios, without intervals: they need {MIN_CI_ROUNDS} rounds or "
+            f"more (--rounds {MIN_CI_ROUNDS})")
 
 
 def _main_evaluation(args, device) -> int:
@@ -740,7 +748,7 @@ def _main_evaluation(args, device) -> int:
                                    threads=args.threads, compiled=args.compiled, bf16=args.bf16)
     print(f"{device.type}, torch {torch.__version__}, {rows[0]['threads']} threads; median time of an evaluation "
           f"of {tasks} test tasks over {run['rounds']} round-robin rounds after {run['warmup']} warm-up, "
-          "per task; [95% interval of each speed-up, from the rounds' ratios]")
+          f"per task; {_intervals_said(run['rounds'])}")
     print(eval_table(rows))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, rows)

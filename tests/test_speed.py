@@ -161,6 +161,7 @@ def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
                 and (i != "passes" or a != "maml")]
     assert [(r["algo"], r["preset"], r["implementation"]) for r in rows] == expected
     assert ("learn2learn not installed (scripts/install_learn2learn.sh)" in printed) == (l2l is None)
+    assert "without intervals: they need 6 rounds or more (--rounds 6)" in printed
     ms = {(r["algo"], r["preset"], r["implementation"]): float(r["ms_per_meta_iter"]) for r in rows}
     for r in rows:
         case = (r["algo"], r["preset"])
@@ -193,7 +194,7 @@ def test_speed_writes_results_speed_device_csv_by_default(tmp_path, monkeypatch,
     assert header == COLUMNS and [r["implementation"] for r in rows] == ["batched", "serial", "channels-last",
                                                                          "matmul", "seeds", "naive", "passes"]
     printed = capsys.readouterr().out
-    assert "wrote results/speed/cpu.csv" in printed
+    assert "wrote results/speed/cpu.csv" in printed and "[their 95% intervals]" in printed
     for r in rows:  # six rounds: each speed-up over the naive row inside its interval
         low, high = float(r["speedup_vs_naive_ci95_low"]), float(r["speedup_vs_naive_ci95_high"])
         assert 0 < low <= float(r["speedup_vs_naive"]) <= high and r["speedup_vs_learn2learn_ci95_low"] == ""
