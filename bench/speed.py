@@ -56,9 +56,9 @@ runs 2 after 1. A speed-up is paired by round: within each round the ratio of th
 rows' medians is one observation, and the speed-up is the median of the rounds' ratios
 (so it may differ a little from the ratio of the two rows' overall medians), with its
 95% interval from the ordered ratios (`speedup`: at least 6 rounds); an interval that
-holds 1 means these rounds cannot tell the two rows apart. `--threads` sets torch's CPU threads for
-every implementation alike: on a machine other jobs keep busy, one thread avoids the
-threads waiting on each other.
+holds 1 means these rounds cannot tell the two rows apart. `--threads` sets torch's CPU
+threads for every implementation alike: on a machine other jobs keep busy, one thread
+avoids the threads waiting on each other.
 
 Peak memory (MiB, 2**20 bytes) is what one meta-iteration needs beyond what was set up
 before it (model, data, optimizers), measured after the timing, one implementation at a
