@@ -507,7 +507,7 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
     for algo, preset, impl in keys:
         key, per = (algo, preset, impl), (SEEDS if impl == "seeds" else 1)  # `seeds`: per run
         cfg, t = _config(algo, preset), timed.median[key] / per
-        rounds = [r / per for r in timed.by_round[key]]
+        per_round = [r / per for r in timed.by_round[key]]
         naive, l2l_key = (algo, preset, "naive"), (algo, preset, "learn2learn")
         peak = peaks.get(key)
         rows.append({
@@ -516,8 +516,8 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
             "threads": threads, "torch": torch.__version__, "timed_iters": timed.count[key],
             "ms_per_meta_iter": round(1000 * t, 3), "first_call_s": round(timed.first[key], 3),
             "peak_mem_mb": "" if peak is None else round(peak, 1),
-            **_speedup_columns("speedup_vs_naive", timed.by_round.get(naive), rounds),
-            **_speedup_columns("speedup_vs_learn2learn", timed.by_round.get(l2l_key), rounds)})
+            **_speedup_columns("speedup_vs_naive", timed.by_round.get(naive), per_round),
+            **_speedup_columns("speedup_vs_learn2learn", timed.by_round.get(l2l_key), per_round)})
     return [{c: r[c] for c in COLUMNS} for r in rows], {"warmup": plan["warmup"], "rounds": timed.rounds,
                                                         "learn2learn": l2l}
 
