@@ -28,7 +28,7 @@ from .errors import BenchError
 from .report_data import (SINE_FILE, VARIANCE_FILE, ReportError, Run, Skipped, curve_split, curves, discover,
                           finals, no_runs_error)
 from .report_stats import ALPHA, pairwise, seed_std, summarize
-from .speed import speedup_text
+from .speed import rate_text, speedup_text
 
 __all__ = ["ReportError", "build_report", "add_parser", "main_report"]
 
@@ -395,7 +395,9 @@ def _cost_section(results_dir: Path) -> list[str]:
                         "writes one per device.", ""]
     lines += ["From `python -m bench speed`: each algorithm at its paper settings, every implementation timed "
               "side by side in one process (median ms per meta-iteration after warm-up; peak memory of one "
-              "meta-iteration; speed-ups over the naive implementation and over learn2learn, with their 95% "
+              "meta-iteration; the rate of its arithmetic, the matrix products and convolutions the naive "
+              "implementation computes, and in brackets its share of the device's rate on one large matrix "
+              "product; speed-ups over the naive implementation and over learn2learn, with their 95% "
               "intervals over the timed rounds where the table has them). `seeds` is per run, five runs trained "
               "together.", ""]
     for f in files:
@@ -403,12 +405,12 @@ def _cost_section(results_dir: Path) -> list[str]:
         if df is None:
             continue
         rows = [[r["algo"], r["preset"], r["implementation"], r["ms_per_meta_iter"], r["peak_mem_mb"] or "-",
-                 speedup_text(r, "speedup_vs_naive"), speedup_text(r, "speedup_vs_learn2learn")]
+                 rate_text(r), speedup_text(r, "speedup_vs_naive"), speedup_text(r, "speedup_vs_learn2learn")]
                 for r in df.to_dict("records")]
         lines += [f"### {f.stem}", "", f"`{f.as_posix()}`: torch {distinct(df['torch'])}, "
                   f"{distinct(df['threads'])} thread(s).", "",
-                  md_table(["algorithm", "preset", "implementation", "ms / meta-iteration", "peak MiB", "x naive [95%]",
-                            "x learn2learn [95%]"], rows), ""]
+                  md_table(["algorithm", "preset", "implementation", "ms / meta-iteration", "peak MiB",
+                            "GFLOP/s (% of matmul)", "x naive [95%]", "x learn2learn [95%]"], rows), ""]
     return lines + _evaluation_cost(results_dir)
 
 

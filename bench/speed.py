@@ -60,6 +60,14 @@ holds 1 means these rounds cannot tell the two rows apart. `--threads` sets torc
 threads for every implementation alike: on a machine other jobs keep busy, one thread
 avoids the threads waiting on each other.
 
+Arithmetic: `gflop` is a case's work per meta-iteration, its matrix products and
+convolutions forward and backward as the naive implementation computes them, counted by
+`torch.utils.flop_counter` (3.93 GFLOP for Omniglot Reptile); `gflop_per_s` is that over
+a row's time, the same work for every row of a case (a row that does more, MAML's
+recomputing backward, shows a lower rate); `matmul_gflop_per_s` is the device's rate on
+one large float32 matrix product (`yardstick`), timed in the same rounds as the rows, the
+yardstick for theirs: what fraction of the device's arithmetic an implementation uses.
+
 Peak memory (MiB, 2**20 bytes) is what one meta-iteration needs beyond what was set up
 before it (model, data, optimizers), measured after the timing, one implementation at a
 time, each warmed up already: on a GPU, `torch.cuda.max_memory_allocated` above the
@@ -97,7 +105,8 @@ SEEDS = 5
 SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "tail", "inner_optimizer",
             "inner_lr", "inner_steps", "inner_batch", "inner_state", "meta_batch", "meta_optimizer", "meta_lr")
 COLUMNS = ("algo", "implementation", "device", *SETTINGS, "threads", "torch", "timed_iters",
-           "ms_per_meta_iter", "first_call_s", "peak_mem_mb", "speedup_vs_naive", "speedup_vs_naive_ci95_low",
+           "ms_per_meta_iter", "first_call_s", "peak_mem_mb", "gflop", "gflop_per_s", "matmul_gflop_per_s",
+           "speedup_vs_naive", "speedup_vs_naive_ci95_low",
            "speedup_vs_naive_ci95_high", "speedup_vs_learn2learn", "speedup_vs_learn2learn_ci95_low",
            "speedup_vs_learn2learn_ci95_high")
 FULL = {"warmup": 2, "rounds": 8, "budget_s": 60.0}
@@ -454,6 +463,44 @@ def cuda_peak(fn: Callable[[], None], device) -> float:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+# Arithmetic --------------------------------------------------------------------------
+
+def arithmetic(fn: Callable[[], None]) -> float:
+    """GFLOP of one call of fn: its matrix products and convolutions, forward and backward,
+    as `torch.utils.flop_counter` counts them (elementwise work, batch norm and optimizer
+    updates, is not counted: a small part of these networks' arithmetic)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+YARDSTICK = ("matmul", "", "yardstick")
+"""`yardstick`'s key among the timed rows: timed in the same rounds, so under the same load."""
+MATMUL_N = {"cpu": 2048, "cuda": 8192}
+"""The size of `yardstick`'s matrices by device type (2048: some 85 ms on a 2-core CPU; a GPU reaches its
+rate only with larger ones)."""
+
+
+def yardstick(device) -> tuple[Callable[[], None], int]:
+    """The device's arithmetic at its best, to measure the rows' against: one n x n float32
+    matrix product (2 n**3 FLOP; n from MATMUL_N), as a closure to time (synced on a GPU),
+    and n. It computes with the precision flags as the caller set them (`measure`: float32,
+    no TensorFloat-32)."""
+    import torch
+
+    n = MATMUL_N.get(device.type, MATMUL_N["cpu"])
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
+    return _synced(lambda: torch.mm(a, b), device), n
+
+
+def _g(x: float) -> float:
+    """Four significant digits."""
+    return float(f"{x:.4g}")
+
+
 # The table ---------------------------------------------------------------------------
 
 def _plan(quick: bool, rounds: int | None) -> dict:
@@ -500,8 +547,12 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
         threads = torch.get_num_threads()
         set_precision("off")  # float32 for the peers' rows too (the suite's own set it in forward)
         combos = {k: _synced(build(*k, device), device) for k in keys}
-        timed = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
+        product, n = yardstick(device)
+        timed = time_all({**combos, YARDSTICK: product}, plan["warmup"], plan["rounds"], plan["budget_s"])
         peaks = {k: cuda_peak(fn, device) if device.type == "cuda" else cpu_peak(fn) for k, fn in combos.items()}
+        # every case has a naive row: its arithmetic is the case's, whatever implementation does it
+        flops = {case: arithmetic(combos[(*case, "naive")]) for case in cases(algos)}
+    rate = 2 * n**3 / timed.median[YARDSTICK] / 1e9
 
     rows = []
     for algo, preset, impl in keys:
@@ -515,11 +566,12 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
             **{s: getattr(cfg, s) for s in SETTINGS if s != "preset"}, "preset": preset,
             "threads": threads, "torch": torch.__version__, "timed_iters": timed.count[key],
             "ms_per_meta_iter": round(1000 * t, 3), "first_call_s": round(timed.first[key], 3),
-            "peak_mem_mb": "" if peak is None else round(peak, 1),
+            "peak_mem_mb": "" if peak is None else round(peak, 1), "gflop": _g(flops[(algo, preset)]),
+            "gflop_per_s": _g(flops[(algo, preset)] / t), "matmul_gflop_per_s": _g(rate),
             **_speedup_columns("speedup_vs_naive", timed.by_round.get(naive), per_round),
             **_speedup_columns("speedup_vs_learn2learn", timed.by_round.get(l2l_key), per_round)})
     return [{c: r[c] for c in COLUMNS} for r in rows], {"warmup": plan["warmup"], "rounds": timed.rounds,
-                                                        "learn2learn": l2l}
+                                                        "learn2learn": l2l, "matmul_n": n}
 
 
 # Evaluation ------------------------------------------------------------------------
@@ -625,6 +677,15 @@ def speedup_text(row: dict, name: str) -> str:
     return f"{float(x):.2f}" + ("" if low in ("", None) else f" [{float(low):.2f}, {float(high):.2f}]")
 
 
+def rate_text(row: dict) -> str:
+    """The row's rate of arithmetic and its share of the device's matrix-product rate:
+    "130 (62%)" ("-" in a table written before these columns)."""
+    rate, best = row.get("gflop_per_s", ""), row.get("matmul_gflop_per_s", "")
+    if rate in ("", None) or best in ("", None):
+        return "-"
+    return f"{_ms(float(rate))} ({_ms(100 * float(rate) / float(best))}%)"
+
+
 def eval_table(rows: list[dict]) -> str:
     lines = ["| preset | implementation | ms / test task | first call s | x plain [95%] |", "|---|---|---|---|---|"]
     for r in rows:
@@ -634,19 +695,19 @@ def eval_table(rows: list[dict]) -> str:
 
 
 def _ms(ms: float) -> str:
-    """Three significant digits, whole milliseconds from 100 up: 2.33, 35.5, 1,090."""
+    """Three significant digits, whole numbers from 100 up: 2.33, 35.5, 1,090."""
     return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
 
 
 def table(rows: list[dict]) -> str:
     """The rows as a Markdown table, one line per (algorithm, preset, implementation); each
     speed-up with its 95% interval over the rounds (`speedup`)."""
-    lines = ["| algorithm | preset | implementation | ms / meta-iteration | peak MiB | x naive [95%] | "
-             "x learn2learn [95%] |", "|---|---|---|---|---|---|---|"]
+    lines = ["| algorithm | preset | implementation | ms / meta-iteration | peak MiB | GFLOP/s | x naive [95%] | "
+             "x learn2learn [95%] |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peak = r["peak_mem_mb"] if r["peak_mem_mb"] != "" else "-"
         lines.append(f"| {r['algo']} | {r['preset']} | {r['implementation']} | {_ms(r['ms_per_meta_iter'])} | "
-                     f"{peak} | {speedup_text(r, 'speedup_vs_naive')} | "
+                     f"{peak} | {rate_text(r)} | {speedup_text(r, 'speedup_vs_naive')} | "
                      f"{speedup_text(r, 'speedup_vs_learn2learn')} |")
     return "\n".join(lines)
 
@@ -721,12 +782,21 @@ def main_speed(args) -> int:
           f"{_intervals_said(run['rounds'])}; peak memory: "
           + ("CUDA max_memory_allocated during one meta-iteration" if device.type == "cuda" else
              "growth of the peak resident set during one meta-iteration (allocator slack included)"))
+    print(_arithmetic_said(rows, run["matmul_n"]))
     print(table(rows))
     print(MISSING + ": no learn2learn rows" if run["learn2learn"] is None else f"learn2learn {run['learn2learn']}")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, rows)
     print(f"wrote {out}")
     return 0
+
+
+def _arithmetic_said(rows: list[dict], n: int) -> str:
+    """What the GFLOP/s column is, with each case's arithmetic and the device's yardstick."""
+    per_case = dict.fromkeys(f"{r['algo']} on {r['preset']} {r['gflop']:g}" for r in rows)
+    return (f"GFLOP/s: the arithmetic of a meta-iteration (its matrix products and convolutions as the naive "
+            f"implementation computes them, GFLOP: {', '.join(per_case)}) over the row's time, and in brackets its "
+            f"share of this device's float32 {n}x{n} matrix product, {rows[0]['matmul_gflop_per_s']:g} GFLOP/s")
 
 
 def _intervals_said(rounds: int) -> str:

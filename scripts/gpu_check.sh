@@ -108,23 +108,26 @@ want seeds && run seeds 90 "${graph[@]}" --seeds 0-4 --batch-seeds --set eval_ta
 import csv, datetime, json, re, sys
 from pathlib import Path
 
-from bench.speed import speedup_text
+from bench.speed import rate_text, speedup_text
 
 out, card, iters, seconds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 full_iters, full_tasks = 100_000, 10_000
 lines = [f"# GPU check on {card}, {datetime.date.today()}", "",
          f"`scripts/gpu_check.sh`, {seconds} s in all.", "", "```", (out / "gpu.txt").read_text().strip(), "```", "",
          "## Tests", "", "```", "\n".join((out / "pytest.txt").read_text().strip().splitlines()[-4:]), "```", "",
-         "## Speed (`python -m bench speed --quick --rounds 6`), ms per meta-iteration, speed-ups with "
-         "their 95% intervals", ""]
+         "## Speed (`python -m bench speed --quick --rounds 6`), ms per meta-iteration, the rate of its "
+         "arithmetic (in brackets: its share of the card's float32 matrix-product rate), speed-ups with their 95% "
+         "intervals", ""]
 if (out / "speed.csv").is_file():
     with open(out / "speed.csv") as f:
         rows = list(csv.DictReader(f))
-    lines += ["| algorithm | preset | implementation | ms | first call s | peak MiB | x naive | x learn2learn |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| algorithm | preset | implementation | ms | first call s | peak MiB | GFLOP/s | x naive | x learn2learn |",
+              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['algo']} | {r['preset']} | {r['implementation']} | {r['ms_per_meta_iter']} | {r['first_call_s']} | "
-              f"{r['peak_mem_mb']} | {speedup_text(r, 'speedup_vs_naive')} | {speedup_text(r, 'speedup_vs_learn2learn')} |"
-              for r in rows]
+              f"{r['peak_mem_mb']} | {rate_text(r)} | {speedup_text(r, 'speedup_vs_naive')} | "
+              f"{speedup_text(r, 'speedup_vs_learn2learn')} |" for r in rows]
+    if rows:
+        lines += ["", f"The card's float32 matrix product: {rows[0]['matmul_gflop_per_s']} GFLOP/s."]
 else:
     lines += ["No table: " + (out / "speed.txt").read_text().strip().splitlines()[-1]]
 lines += ["", "## Evaluation (`python -m bench speed --evaluation --quick --no-compiled`), ms per test task", ""]

@@ -25,7 +25,7 @@ CPU = torch.device("cpu")
 COLUMNS = ["algo", "implementation", "device", "preset", "task", "ways", "shots", "train_shots", "query_shots",
            "tail", "inner_optimizer", "inner_lr", "inner_steps", "inner_batch", "inner_state", "meta_batch",
            "meta_optimizer", "meta_lr", "threads", "torch", "timed_iters", "ms_per_meta_iter", "first_call_s",
-           "peak_mem_mb", "speedup_vs_naive", "speedup_vs_naive_ci95_low", "speedup_vs_naive_ci95_high",
+           "peak_mem_mb", "gflop", "gflop_per_s", "matmul_gflop_per_s", "speedup_vs_naive", "speedup_vs_naive_ci95_low", "speedup_vs_naive_ci95_high",
            "speedup_vs_learn2learn", "speedup_vs_learn2learn_ci95_low", "speedup_vs_learn2learn_ci95_high"]
 
 
@@ -176,12 +176,36 @@ def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
         else:
             assert r["speedup_vs_learn2learn"] == ""
         assert all(r[c] == "" for c in COLUMNS if "_ci95_" in c)  # one round: no intervals
+        # the case's arithmetic (its naive row's), at this row's rate
+        assert float(r["gflop"]) == float(next(s["gflop"] for s in rows if (s["algo"], s["preset"]) == case)) > 0
+        assert float(r["gflop_per_s"]) == pytest.approx(float(r["gflop"]) / float(r["ms_per_meta_iter"]) * 1000,
+                                                        rel=2e-3)
+        assert r["matmul_gflop_per_s"] == rows[0]["matmul_gflop_per_s"] and float(r["matmul_gflop_per_s"]) > 0
         # every implementation of a case ran as many meta-iterations: the same episodes
         assert r["timed_iters"] == next(s["timed_iters"] for s in rows if (s["algo"], s["preset"]) == case)
     settings = {(r["algo"], r["preset"]): (r["meta_batch"], r["inner_steps"], r["inner_optimizer"]) for r in rows}
     assert settings[("maml", "omniglot-5w1s-maml")] == ("32", "2", "sgd")  # the MAML paper's
     assert settings[("reptile", "omniglot-5w1s")] == ("5", "5", "adam")  # the Reptile paper's
     assert all(f"| {a} | {p} | {i} |" in printed for a, p, i in expected)
+    assert "reptile on omniglot-5w1s 3.93, " in printed and "float32 2048x2048 matrix product" in printed
+
+
+@pytest.mark.parametrize("algo", ["reptile", "joint"])
+def test_arithmetic_counts_every_convolution_and_matrix_product_of_a_meta_iteration(algo):
+    """The Omniglot CNN's FLOP per meta-iteration from its shapes: per minibatch of n images,
+    each layer's forward product (2 x outputs x its weights' inputs), again for the weights'
+    gradient, again for the input's gradient but at the first layer (whose input, the
+    images, needs none); per task inner_steps minibatches (joint training: one)."""
+    cfg = load_config("omniglot-5w1s", algo=algo)
+    n, size, forward = cfg.inner_batch, 28, []
+    for in_ch in (1, 64, 64, 64):  # 3x3 convolutions, stride 2, padding 1, 64 filters
+        size = (size + 1) // 2
+        forward.append(2 * n * size * size * 64 * in_ch * 9)
+    forward.append(2 * n * 64 * 2 * 2 * cfg.ways)  # the linear layer
+    per_minibatch = 3 * sum(forward) - forward[0]
+    minibatches = cfg.meta_batch * (1 if algo == "joint" else cfg.inner_steps)
+    counted = speed.arithmetic(speed.build(algo, "omniglot-5w1s", "naive", CPU))
+    assert counted * 1e9 == pytest.approx(minibatches * per_minibatch, rel=1e-9)
 
 
 def test_speed_writes_results_speed_device_csv_by_default(tmp_path, monkeypatch, capsys):
