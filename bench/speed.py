@@ -530,8 +530,9 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
             threads: int | None = None, compiled: bool | None = None, bf16: bool | None = None
             ) -> tuple[list[dict], dict]:
     """Every case and implementation of `algos`, timed and measured; returns the CSV rows
-    and what the run did: `warmup`, `rounds` and learn2learn's version (None when it is
-    not installed). `rounds` replaces the default (or --quick's) and its time budget."""
+    and what the run did: `warmup`, `rounds`, learn2learn's version (None when it is not
+    installed) and `matmul_n`, the size of the yardstick's matrices. `rounds` replaces the
+    default (or --quick's) and its time budget."""
     import torch
 
     from .models import set_precision
@@ -679,7 +680,7 @@ def speedup_text(row: dict, name: str) -> str:
 
 def rate_text(row: dict) -> str:
     """The row's rate of arithmetic and its share of the device's matrix-product rate:
-    "130 (62%)" ("-" in a table written before these columns)."""
+    "87.6 (41.2%)" ("-" in a table written before these columns)."""
     rate, best = row.get("gflop_per_s", ""), row.get("matmul_gflop_per_s", "")
     if rate in ("", None) or best in ("", None):
         return "-"
