@@ -121,7 +121,8 @@ lines = [f"# GPU check on {card}, {datetime.date.today()}", "",
 if (out / "speed.csv").is_file():
     with open(out / "speed.csv") as f:
         rows = list(csv.DictReader(f))
-    lines += ["| algorithm | preset | implementation | ms | first call s | peak MiB | GFLOP/s | x naive | x learn2learn |",
+    lines += ["| algorithm | preset | implementation | ms | first call s | peak MiB | GFLOP/s | x naive "
+              "| x learn2learn |",
               "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['algo']} | {r['preset']} | {r['implementation']} | {r['ms_per_meta_iter']} | {r['first_call_s']} | "
               f"{r['peak_mem_mb']} | {rate_text(r)} | {speedup_text(r, 'speedup_vs_naive')} | "

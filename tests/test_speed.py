@@ -25,7 +25,8 @@ CPU = torch.device("cpu")
 COLUMNS = ["algo", "implementation", "device", "preset", "task", "ways", "shots", "train_shots", "query_shots",
            "tail", "inner_optimizer", "inner_lr", "inner_steps", "inner_batch", "inner_state", "meta_batch",
            "meta_optimizer", "meta_lr", "threads", "torch", "timed_iters", "ms_per_meta_iter", "first_call_s",
-           "peak_mem_mb", "gflop", "gflop_per_s", "matmul_gflop_per_s", "speedup_vs_naive", "speedup_vs_naive_ci95_low", "speedup_vs_naive_ci95_high",
+           "peak_mem_mb", "gflop", "gflop_per_s", "matmul_gflop_per_s", "speedup_vs_naive", "speedup_vs_naive_ci95_low",
+           "speedup_vs_naive_ci95_high",
            "speedup_vs_learn2learn", "speedup_vs_learn2learn_ci95_low", "speedup_vs_learn2learn_ci95_high"]
 
 
