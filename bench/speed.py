@@ -65,8 +65,10 @@ convolutions forward and backward as the naive implementation computes them, cou
 `torch.utils.flop_counter` (3.93 GFLOP for Omniglot Reptile); `gflop_per_s` is that over
 a row's time, the same work for every row of a case (a row that does more, MAML's
 recomputing backward, shows a lower rate); `matmul_gflop_per_s` is the device's rate on
-one large float32 matrix product (`yardstick`), timed in the same rounds as the rows, the
-yardstick for theirs: what fraction of the device's arithmetic an implementation uses.
+one large float32 matrix product (`yardstick`: in the faster of `torch.mm` and, on the
+CPU, the same product as a 1x1 convolution, which oneDNN computes), timed in the same
+rounds as the rows, the yardstick for theirs: what fraction of the device's arithmetic an
+implementation uses.
 
 Peak memory (MiB, 2**20 bytes) is what one meta-iteration needs beyond what was set up
 before it (model, data, optimizers), measured after the timing, one implementation at a
@@ -483,17 +485,57 @@ MATMUL_N = {"cpu": 2048, "cuda": 8192}
 rate only with larger ones)."""
 
 
-def yardstick(device) -> tuple[Callable[[], None], int]:
+def matmul_forms(a, b) -> dict[str, Callable[[], "torch.Tensor"]]:
+    """The float32 product a @ b of two n x n matrices in the forms torch computes it with
+    different libraries, as closures returning it: `torch.mm` (the BLAS torch was built
+    with: MKL on x86 CPUs, cuBLAS on GPUs) and, on the CPU, the same product as a 1x1
+    convolution, which torch runs with oneDNN (the rows' convolutions' library): n
+    positions of n channels each, n output channels. The two can differ by a factor of
+    two on one CPU (MKL does not use AVX-512 on AMD processors)."""
+    import torch
+    import torch.nn.functional as F
+
+    forms = {"torch.mm": lambda: torch.mm(a, b)}
+    if a.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        n, k = a.shape
+        positions = a.view(1, 1, n, k).permute(0, 3, 1, 2)  # (1, k, 1, n), channels-last strides
+        kernel = b.t().contiguous().view(b.shape[1], k, 1, 1)
+
+        def conv() -> torch.Tensor:
+            return F.conv2d(positions, kernel).permute(0, 2, 3, 1).reshape(n, b.shape[1])
+        forms["1x1 convolution"] = conv
+    return forms
+
+
+def yardstick(device) -> tuple[Callable[[], None], int, dict[str, float]]:
     """The device's arithmetic at its best, to measure the rows' against: one n x n float32
-    matrix product (2 n**3 FLOP; n from MATMUL_N), as a closure to time (synced on a GPU),
-    and n. It computes with the precision flags as the caller set them (`measure`: float32,
-    no TensorFloat-32)."""
+    matrix product (2 n**3 FLOP; n from MATMUL_N) in the fastest of `matmul_forms`, as a
+    closure to time (synced on a GPU); n; and each form's rate in GFLOP/s from a short
+    trial that picked it (the median of 3 calls after one, before the rounds). It
+    computes with the precision flags as the caller set them (`measure`: float32, no
+    TensorFloat-32)."""
     import torch
 
     n = MATMUL_N.get(device.type, MATMUL_N["cpu"])
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
-    return _synced(lambda: torch.mm(a, b), device), n
+    forms = {name: _synced(fn, device) for name, fn in matmul_forms(a, b).items()}
+    trial = {}
+    for name, fn in forms.items():
+        fn()
+        trial[name] = 2 * n**3 / statistics.median(_call_times(fn, 3)) / 1e9
+    best = max(trial, key=trial.get)
+    return forms[best], n, {name: _g(rate) for name, rate in sorted(trial.items(), key=lambda kv: -kv[1])}
+
+
+def _call_times(fn: Callable[[], None], calls: int) -> list[float]:
+    """Seconds of each of `calls` calls of fn."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def _g(x: float) -> float:
@@ -531,7 +573,8 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
             ) -> tuple[list[dict], dict]:
     """Every case and implementation of `algos`, timed and measured; returns the CSV rows
     and what the run did: `warmup`, `rounds`, learn2learn's version (None when it is not
-    installed) and `matmul_n`, the size of the yardstick's matrices. `rounds` replaces the
+    installed), `matmul_n`, the size of the yardstick's matrices, and `matmul_forms`, the
+    trial rates of its forms, the timed one first (`yardstick`). `rounds` replaces the
     default (or --quick's) and its time budget."""
     import torch
 
@@ -548,7 +591,7 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
         threads = torch.get_num_threads()
         set_precision("off")  # float32 for the peers' rows too (the suite's own set it in forward)
         combos = {k: _synced(build(*k, device), device) for k in keys}
-        product, n = yardstick(device)
+        product, n, forms = yardstick(device)
         timed = time_all({**combos, YARDSTICK: product}, plan["warmup"], plan["rounds"], plan["budget_s"])
         peaks = {k: cuda_peak(fn, device) if device.type == "cuda" else cpu_peak(fn) for k, fn in combos.items()}
         # every case has a naive row: its arithmetic is the case's, whatever implementation does it
@@ -572,7 +615,8 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
             **_speedup_columns("speedup_vs_naive", timed.by_round.get(naive), per_round),
             **_speedup_columns("speedup_vs_learn2learn", timed.by_round.get(l2l_key), per_round)})
     return [{c: r[c] for c in COLUMNS} for r in rows], {"warmup": plan["warmup"], "rounds": timed.rounds,
-                                                        "learn2learn": l2l, "matmul_n": n}
+                                                        "learn2learn": l2l, "matmul_n": n,
+                                                        "matmul_forms": forms}
 
 
 # Evaluation ------------------------------------------------------------------------
@@ -783,7 +827,7 @@ def main_speed(args) -> int:
           f"{_intervals_said(run['rounds'])}; peak memory: "
           + ("CUDA max_memory_allocated during one meta-iteration" if device.type == "cuda" else
              "growth of the peak resident set during one meta-iteration (allocator slack included)"))
-    print(_arithmetic_said(rows, run["matmul_n"]))
+    print(_arithmetic_said(rows, run["matmul_n"], run["matmul_forms"]))
     print(table(rows))
     print(MISSING + ": no learn2learn rows" if run["learn2learn"] is None else f"learn2learn {run['learn2learn']}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -792,12 +836,15 @@ def main_speed(args) -> int:
     return 0
 
 
-def _arithmetic_said(rows: list[dict], n: int) -> str:
+def _arithmetic_said(rows: list[dict], n: int, forms: dict[str, float]) -> str:
     """What the GFLOP/s column is, with each case's arithmetic and the device's yardstick."""
     per_case = dict.fromkeys(f"{r['algo']} on {r['preset']} {r['gflop']:g}" for r in rows)
+    timed, *others = forms
+    tried = "".join(f"; {name} {rate:g} in the trial" for name, rate in forms.items() if name in others)
     return (f"GFLOP/s: the arithmetic of a meta-iteration (its matrix products and convolutions as the naive "
             f"implementation computes them, GFLOP: {', '.join(per_case)}) over the row's time, and in brackets its "
-            f"share of this device's float32 {n}x{n} matrix product, {rows[0]['matmul_gflop_per_s']:g} GFLOP/s")
+            f"share of this device's float32 {n}x{n} matrix product as {timed}, the faster form here, "
+            f"{rows[0]['matmul_gflop_per_s']:g} GFLOP/s in the rounds{tried}")
 
 
 def _intervals_said(rounds: int) -> str:

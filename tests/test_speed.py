@@ -188,7 +188,22 @@ def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
     assert settings[("maml", "omniglot-5w1s-maml")] == ("32", "2", "sgd")  # the MAML paper's
     assert settings[("reptile", "omniglot-5w1s")] == ("5", "5", "adam")  # the Reptile paper's
     assert all(f"| {a} | {p} | {i} |" in printed for a, p, i in expected)
-    assert "reptile on omniglot-5w1s 3.93, " in printed and "float32 2048x2048 matrix product" in printed
+    assert "reptile on omniglot-5w1s 3.93, " in printed and "float32 2048x2048 matrix product as " in printed
+    assert "the faster form here" in printed
+
+
+def test_the_yardstick_times_the_faster_form_of_one_matrix_product():
+    """Every form computes the same product (non-square, so a transposed operand would show);
+    the yardstick times the form its trial found fastest, and gives every form's trial rate."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(300, 200, generator=gen), torch.randn(200, 150, generator=gen)
+    forms = speed.matmul_forms(a, b)
+    assert set(forms) == ({"torch.mm", "1x1 convolution"} if torch.backends.mkldnn.is_available() else {"torch.mm"})
+    for form in forms.values():
+        torch.testing.assert_close(form(), a @ b, rtol=1e-4, atol=1e-4)
+    product, n, rates = speed.yardstick(torch.device("cpu"))
+    assert n == 2048 and set(rates) == set(forms) and min(rates.values()) > 0
+    assert list(rates.values()) == sorted(rates.values(), reverse=True)  # the timed form first
 
 
 @pytest.mark.parametrize("algo", ["reptile", "joint"])
