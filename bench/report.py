@@ -407,8 +407,10 @@ def _cost_section(results_dir: Path) -> list[str]:
         rows = [[r["algo"], r["preset"], r["implementation"], r["ms_per_meta_iter"], r["peak_mem_mb"] or "-",
                  rate_text(r), speedup_text(r, "speedup_vs_naive"), speedup_text(r, "speedup_vs_learn2learn")]
                 for r in df.to_dict("records")]
+        forms = [v for v in df["matmul_form"] if v] if "matmul_form" in df else []  # older tables lack it
+        form = f"; matrix product as {distinct(forms)}" if forms else ""
         lines += [f"### {f.stem}", "", f"`{f.as_posix()}`: torch {distinct(df['torch'])}, "
-                  f"{distinct(df['threads'])} thread(s).", "",
+                  f"{distinct(df['threads'])} thread(s){form}.", "",
                   md_table(["algorithm", "preset", "implementation", "ms / meta-iteration", "peak MiB",
                             "GFLOP/s (% of matmul)", "x naive [95%]", "x learn2learn [95%]"], rows), ""]
     return lines + _evaluation_cost(results_dir)

@@ -66,7 +66,8 @@ convolutions forward and backward as the naive implementation computes them, cou
 a row's time, the same work for every row of a case (a row that does more, MAML's
 recomputing backward, shows a lower rate); `matmul_gflop_per_s` is the device's rate on
 one large float32 matrix product (`yardstick`: in the faster of `torch.mm` and, on the
-CPU, the same product as a 1x1 convolution, which oneDNN computes), timed in the same
+CPU, the same product as a 1x1 convolution, which oneDNN computes; `matmul_form` says
+which), timed in the same
 rounds as the rows, the yardstick for theirs: what fraction of the device's arithmetic an
 implementation uses.
 
@@ -108,7 +109,7 @@ SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "ta
             "inner_lr", "inner_steps", "inner_batch", "inner_state", "meta_batch", "meta_optimizer", "meta_lr")
 COLUMNS = ("algo", "implementation", "device", *SETTINGS, "threads", "torch", "timed_iters",
            "ms_per_meta_iter", "first_call_s", "peak_mem_mb", "gflop", "gflop_per_s", "matmul_gflop_per_s",
-           "speedup_vs_naive", "speedup_vs_naive_ci95_low",
+           "matmul_form", "speedup_vs_naive", "speedup_vs_naive_ci95_low",
            "speedup_vs_naive_ci95_high", "speedup_vs_learn2learn", "speedup_vs_learn2learn_ci95_low",
            "speedup_vs_learn2learn_ci95_high")
 FULL = {"warmup": 2, "rounds": 8, "budget_s": 60.0}
@@ -613,6 +614,7 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
             "ms_per_meta_iter": round(1000 * t, 3), "first_call_s": round(timed.first[key], 3),
             "peak_mem_mb": "" if peak is None else round(peak, 1), "gflop": _g(flops[(algo, preset)]),
             "gflop_per_s": _g(flops[(algo, preset)] / t), "matmul_gflop_per_s": _g(rate),
+            "matmul_form": next(iter(forms)),
             **_speedup_columns("speedup_vs_naive", timed.by_round.get(naive), per_round),
             **_speedup_columns("speedup_vs_learn2learn", timed.by_round.get(l2l_key), per_round)})
     return [{c: r[c] for c in COLUMNS} for r in rows], {"warmup": plan["warmup"], "rounds": timed.rounds,

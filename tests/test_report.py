@@ -244,7 +244,7 @@ def test_cost_section_shows_each_device_s_speed_table(tmp_path: Path):
     pd.DataFrame([
         {"algo": "maml", "implementation": "batched", "device": "cpu", "preset": "omniglot-5w1s-maml",
          "threads": 2, "torch": "2.14.1", "ms_per_meta_iter": 241.2, "peak_mem_mb": 305.1, "gflop": 10.51,
-         "gflop_per_s": 43.58, "matmul_gflop_per_s": 201.7,
+         "gflop_per_s": 43.58, "matmul_gflop_per_s": 201.7, "matmul_form": "1x1 convolution",
          "speedup_vs_naive": 1.73, "speedup_vs_naive_ci95_low": 1.61, "speedup_vs_naive_ci95_high": 1.85,
          "speedup_vs_learn2learn": 1.86, "speedup_vs_learn2learn_ci95_low": 1.8,
          "speedup_vs_learn2learn_ci95_high": 1.93},
@@ -255,7 +255,7 @@ def test_cost_section_shows_each_device_s_speed_table(tmp_path: Path):
     (res / "speed" / "cuda.csv").write_text("not,a\nspeed,table\n")
     report = build_report(res, tmp_path / "out", progress=False).read_text()
     section = report.split("## Cost per meta-iteration")[1].split("\n## ")[0]
-    assert "### cpu" in section and "torch 2.14.1, 2 thread(s)" in section
+    assert "### cpu" in section and "torch 2.14.1, 2 thread(s); matrix product as 1x1 convolution." in section
     assert ("| maml | omniglot-5w1s-maml | batched | 241.2 | 305.1 | 43.6 (21.6%) | 1.73 [1.61, 1.85] | "
             "1.86 [1.80, 1.93] |") in section
     # a row without intervals or arithmetic (the naive row's own intervals, or a table from before either was written)

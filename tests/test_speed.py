@@ -25,8 +25,8 @@ CPU = torch.device("cpu")
 COLUMNS = ["algo", "implementation", "device", "preset", "task", "ways", "shots", "train_shots", "query_shots",
            "tail", "inner_optimizer", "inner_lr", "inner_steps", "inner_batch", "inner_state", "meta_batch",
            "meta_optimizer", "meta_lr", "threads", "torch", "timed_iters", "ms_per_meta_iter", "first_call_s",
-           "peak_mem_mb", "gflop", "gflop_per_s", "matmul_gflop_per_s", "speedup_vs_naive", "speedup_vs_naive_ci95_low",
-           "speedup_vs_naive_ci95_high",
+           "peak_mem_mb", "gflop", "gflop_per_s", "matmul_gflop_per_s", "matmul_form", "speedup_vs_naive",
+           "speedup_vs_naive_ci95_low", "speedup_vs_naive_ci95_high",
            "speedup_vs_learn2learn", "speedup_vs_learn2learn_ci95_low", "speedup_vs_learn2learn_ci95_high"]
 
 
@@ -182,6 +182,7 @@ def test_speed_times_every_algorithm_side_by_side(tmp_path, capsys):
         assert float(r["gflop_per_s"]) == pytest.approx(float(r["gflop"]) / float(r["ms_per_meta_iter"]) * 1000,
                                                         rel=2e-3)
         assert r["matmul_gflop_per_s"] == rows[0]["matmul_gflop_per_s"] and float(r["matmul_gflop_per_s"]) > 0
+        assert r["matmul_form"] == rows[0]["matmul_form"] and f"matrix product as {r['matmul_form']}, " in printed
         # every implementation of a case ran as many meta-iterations: the same episodes
         assert r["timed_iters"] == next(s["timed_iters"] for s in rows if (s["algo"], s["preset"]) == case)
     settings = {(r["algo"], r["preset"]): (r["meta_batch"], r["inner_steps"], r["inner_optimizer"]) for r in rows}
