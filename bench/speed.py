@@ -67,9 +67,8 @@ a row's time, the same work for every row of a case (a row that does more, MAML'
 recomputing backward, shows a lower rate); `matmul_gflop_per_s` is the device's rate on
 one large float32 matrix product (`yardstick`: in the faster of `torch.mm` and, on the
 CPU, the same product as a 1x1 convolution, which oneDNN computes; `matmul_form` says
-which), timed in the same
-rounds as the rows, the yardstick for theirs: what fraction of the device's arithmetic an
-implementation uses.
+which), timed in the same rounds as the rows, the yardstick for theirs: what fraction of
+the device's arithmetic an implementation uses.
 
 Peak memory (MiB, 2**20 bytes) is what one meta-iteration needs beyond what was set up
 before it (model, data, optimizers), measured after the timing, one implementation at a
@@ -487,11 +486,11 @@ rate only with larger ones)."""
 
 
 def matmul_forms(a, b) -> dict[str, Callable[[], "torch.Tensor"]]:
-    """The float32 product a @ b of two n x n matrices in the forms torch computes it with
-    different libraries, as closures returning it: `torch.mm` (the BLAS torch was built
-    with: MKL on x86 CPUs, cuBLAS on GPUs) and, on the CPU, the same product as a 1x1
+    """The float32 product a @ b (n x k by k x m, a contiguous) in the forms torch computes
+    it with different libraries, as closures returning it: `torch.mm` (the BLAS torch was
+    built with: MKL on x86 CPUs, cuBLAS on GPUs) and, on the CPU, the same product as a 1x1
     convolution, which torch runs with oneDNN (the rows' convolutions' library): n
-    positions of n channels each, n output channels. The two can differ by a factor of
+    positions of k channels each, m output channels. The two can differ by a factor of
     two: on an AMD EPYC with AVX-512, MKL's kernel ran 256-bit AVX2 instructions at
     210 GFLOP/s where oneDNN reached 446."""
     import torch
@@ -843,10 +842,11 @@ def _arithmetic_said(rows: list[dict], n: int, forms: dict[str, float]) -> str:
     """What the GFLOP/s column is, with each case's arithmetic and the device's yardstick."""
     per_case = dict.fromkeys(f"{r['algo']} on {r['preset']} {r['gflop']:g}" for r in rows)
     timed, *others = forms
-    tried = "".join(f"; {name} {rate:g} in the trial" for name, rate in forms.items() if name in others)
+    faster = ", the faster form here" if others else ""
+    tried = "".join(f"; {name} {forms[name]:g} in the trial" for name in others)
     return (f"GFLOP/s: the arithmetic of a meta-iteration (its matrix products and convolutions as the naive "
             f"implementation computes them, GFLOP: {', '.join(per_case)}) over the row's time, and in brackets its "
-            f"share of this device's float32 {n}x{n} matrix product as {timed}, the faster form here, "
+            f"share of this device's float32 {n}x{n} matrix product as {timed}{faster}, "
             f"{rows[0]['matmul_gflop_per_s']:g} GFLOP/s in the rounds{tried}")
 
 
