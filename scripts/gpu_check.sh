@@ -128,7 +128,8 @@ if (out / "speed.csv").is_file():
               f"{r['peak_mem_mb']} | {rate_text(r)} | {speedup_text(r, 'speedup_vs_naive')} | "
               f"{speedup_text(r, 'speedup_vs_learn2learn')} |" for r in rows]
     if rows:
-        lines += ["", f"The card's float32 matrix product: {rows[0]['matmul_gflop_per_s']} GFLOP/s."]
+        lines += ["", f"The card's float32 matrix product ({rows[0]['matmul_form']}): "
+                      f"{rows[0]['matmul_gflop_per_s']} GFLOP/s."]
 else:
     lines += ["No table: " + (out / "speed.txt").read_text().strip().splitlines()[-1]]
 lines += ["", "## Evaluation (`python -m bench speed --evaluation --quick --no-compiled`), ms per test task", ""]
