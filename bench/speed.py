@@ -512,7 +512,7 @@ def yardstick(device) -> tuple[Callable[[], None], int, dict[str, float]]:
     """The device's arithmetic at its best, to measure the rows' against: one n x n float32
     matrix product (2 n**3 FLOP; n from MATMUL_N) in the fastest of `matmul_forms`, as a
     closure to time (synced on a GPU); n; and each form's rate in GFLOP/s from a short
-    trial that picked it (the median of 3 calls after one, before the rounds). It
+    trial that picked it (`time_all`: 3 round-robin rounds after one call each). It
     computes with the precision flags as the caller set them (`measure`: float32, no
     TensorFloat-32)."""
     import torch
@@ -520,23 +520,10 @@ def yardstick(device) -> tuple[Callable[[], None], int, dict[str, float]]:
     n = MATMUL_N.get(device.type, MATMUL_N["cpu"])
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
-    forms = {name: _synced(fn, device) for name, fn in matmul_forms(a, b).items()}
-    trial = {}
-    for name, fn in forms.items():
-        fn()
-        trial[name] = 2 * n**3 / statistics.median(_call_times(fn, 3)) / 1e9
-    best = max(trial, key=trial.get)
-    return forms[best], n, {name: _g(rate) for name, rate in sorted(trial.items(), key=lambda kv: -kv[1])}
-
-
-def _call_times(fn: Callable[[], None], calls: int) -> list[float]:
-    """Seconds of each of `calls` calls of fn."""
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    forms = {("matmul", "", name): _synced(fn, device) for name, fn in matmul_forms(a, b).items()}
+    rates = {key[2]: 2 * n**3 / t / 1e9 for key, t in time_all(forms, warmup=1, rounds=3).median.items()}
+    best = max(rates, key=rates.get)
+    return forms[("matmul", "", best)], n, {name: _g(r) for name, r in sorted(rates.items(), key=lambda kv: -kv[1])}
 
 
 def _g(x: float) -> float:
