@@ -521,9 +521,14 @@ def yardstick(device) -> tuple[Callable[[], None], int, dict[str, float]]:
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
     forms = {("matmul", "", name): _synced(fn, device) for name, fn in matmul_forms(a, b).items()}
-    rates = {key[2]: 2 * n**3 / t / 1e9 for key, t in time_all(forms, warmup=1, rounds=3).median.items()}
+    rates = {key[2]: _matmul_rate(n, t) for key, t in time_all(forms, warmup=1, rounds=3).median.items()}
     best = max(rates, key=rates.get)
     return forms[("matmul", "", best)], n, {name: _g(r) for name, r in sorted(rates.items(), key=lambda kv: -kv[1])}
+
+
+def _matmul_rate(n: int, seconds: float) -> float:
+    """GFLOP/s of one n x n by n x n matrix product (2 n**3 FLOP) that took `seconds`."""
+    return 2 * n**3 / seconds / 1e9
 
 
 def _g(x: float) -> float:
@@ -584,7 +589,7 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
         peaks = {k: cuda_peak(fn, device) if device.type == "cuda" else cpu_peak(fn) for k, fn in combos.items()}
         # every case has a naive row: its arithmetic is the case's, whatever implementation does it
         flops = {case: arithmetic(combos[(*case, "naive")]) for case in cases(algos)}
-    rate = 2 * n**3 / timed.median[YARDSTICK] / 1e9
+    rate = _matmul_rate(n, timed.median[YARDSTICK])
 
     rows = []
     for algo, preset, impl in keys:
