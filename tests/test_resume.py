@@ -39,12 +39,16 @@ def outcome(run):
     return metrics, final, ckpt, snaps, (run / "sine_predictions.csv").read_text()
 
 
-def step_on_disk(run):
-    """The meta-iteration of the run's last checkpoint, from its state marker (-1: none yet)."""
+def checkpointed(run, pid):
+    """Whether process `pid` has written a checkpoint of its own: the state marker is its
+    and names a later step than the one it started at. (The marker left by the process
+    before may name an earlier step than that process's last checkpoint, when it was killed
+    between the two writes, so the step on disk alone does not tell.)"""
     try:
-        return json.loads((run / "state.json").read_text())["step"]
-    except (OSError, ValueError, KeyError):
-        return -1
+        state = json.loads((run / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("pid") == pid and state["step"] > (state["resumed_at"] or [0])[-1]
 
 
 @pytest.mark.parametrize("algo", ["reptile", pytest.param("fomaml", marks=pytest.mark.slow)])
@@ -62,8 +66,8 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         if kills < 4:
             # Once this process has written a checkpoint of its own, kill it at a random
             # moment of what follows (a meta-iteration, a row, an evaluation, a checkpoint).
-            start, deadline = step_on_disk(run), time.monotonic() + 120
-            while proc.poll() is None and step_on_disk(run) <= max(start, 0) and time.monotonic() < deadline:
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and not checkpointed(run, proc.pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.4))
         if kills < 4 and proc.poll() is None:
