@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from algorithms import InnerOptimizer, adapt, adapt_tasks, reptile
+from algorithms import InnerOptimizer, adapt, adapt_tasks, inner, reptile
 from bench.config import load_config
 from bench.episodes import Episode
 from conftest import BEFORE_NORM, BEFORE_NORM_STATE
@@ -214,18 +214,19 @@ def test_plain_inner_loop_equals_the_transformed_one_and_keeps_layouts(kind, cha
         assert v.data_ptr() != final[k].data_ptr()
 
 
-@pytest.mark.parametrize("isolates", [True, False])
-def test_each_compiled_function_keeps_its_own_compiled_code(monkeypatch, isolates):
+@pytest.mark.parametrize("way", ["precompiled", "isolated", "shared"])
+def test_each_compiled_function_keeps_its_own_compiled_code(monkeypatch, way):
     """Two networks with the same parameters that differ only in a module (tanh against
     ReLU), run through one function body: each compiled call must compute its own
     network, although the compiled code is not guarded on the modules (or, with a torch
     that cannot keep compiled code apart, is); and a call with other shapes must still
-    compile anew."""
-    from algorithms import inner
+    compile anew. Compiled ahead of the calls (`Precompiled`), by Dynamo with each
+    function's code apart, or (an older torch) with one cache for all."""
     from algorithms.inner import compile_fn
     from bench.models import SineMLP
 
-    monkeypatch.setattr(inner, "_ISOLATES", isolates and inner._ISOLATES)
+    monkeypatch.setattr(inner, "_PRECOMPILES", way == "precompiled" and inner._PRECOMPILES)
+    monkeypatch.setattr(inner, "_ISOLATES", way != "shared" and inner._ISOLATES)
 
     torch.manual_seed(0)
     nets = [SineMLP("tanh"), SineMLP("relu")]
@@ -244,3 +245,68 @@ def test_each_compiled_function_keeps_its_own_compiled_code(monkeypatch, isolate
         torch.testing.assert_close(result, net(x), rtol=1e-6, atol=1e-6)
     longer = torch.linspace(-2, 2, 9).unsqueeze(1)  # the guards on the arguments' shapes stay
     torch.testing.assert_close(compiled[1](params, longer), nets[1](longer), rtol=1e-6, atol=1e-6)
+
+
+def _precompiled(compiled):
+    """What a `compile_fn` function calls once called (a `Precompiled` on the CPU)."""
+    from algorithms.inner import Precompiled
+
+    return next(c.cell_contents for c in compiled.__closure__ if isinstance(c.cell_contents, Precompiled))
+
+
+def _versions(compiled) -> list:
+    return _precompiled(compiled).versions
+
+
+@pytest.mark.skipif(not inner._PRECOMPILES, reason="this torch cannot compile ahead of the calls")
+def test_precompiled_code_serves_only_the_calls_it_was_compiled_for():
+    """A call like the first one reuses its compiled version; one whose tensors differ in
+    shape, strides, dtype or requires_grad, whose dict has other keys, or made in another
+    grad mode compiles a new one; every result equals the uncompiled function's. A call
+    past the limit of versions or under vmap goes to Dynamo, and so does a function with a
+    graph break."""
+    from algorithms.inner import compile_fn
+
+    def fn(params, x):
+        return (torch.tanh(x @ params["w"]) * params["b"]).sum(-1, keepdim=True), x.mean()
+
+    g = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)}
+    x = torch.randn(5, 4, generator=g)
+    compiled = compile_fn(fn)
+
+    def check(params, x, versions):
+        for got, want in zip(compiled(params, x), fn(params, x)):
+            tight = {"rtol": 1e-12, "atol": 1e-12} if got.dtype == torch.float64 else {}  # float32: its rounding
+            torch.testing.assert_close(got, want, **tight)
+        assert len(_versions(compiled)) == versions
+
+    check(params, x, 1)
+    check(params, torch.randn(5, 4, generator=g), 1)  # other values, the same kind of call
+    check(params, torch.randn(7, 4, generator=g), 2)  # a shape
+    check(params, torch.randn(4, 5, generator=g).t(), 3)  # strides
+    check({k: v.float() for k, v in params.items()}, x.float(), 4)  # a dtype
+    check({**params, "w": params["w"].clone().requires_grad_()}, x, 5)  # requires_grad
+    check({"b": params["b"], "w": params["w"]}, x, 6)  # the keys' order
+    with torch.no_grad():
+        check(params, x, 7)  # grad mode
+    check(params, x, 7)
+    assert all(isinstance(v[-1], torch._dynamo.aot_compile.AOTCompiledFunction) for v in _versions(compiled))
+
+    out = torch.func.vmap(lambda xi: compiled(params, xi)[0])(x[:, None])  # inside a transform: Dynamo's way
+    torch.testing.assert_close(out, fn(params, x)[0][:, None], rtol=1e-12, atol=1e-12)
+    assert len(_versions(compiled)) == 7 and _precompiled(compiled)._fallback is not None
+
+    _precompiled(compiled)._fallback = None
+    _precompiled(compiled).LIMIT = 7  # past the limit of versions: Dynamo's way
+    check(params, torch.randn(9, 4, generator=g), 7)
+    assert _precompiled(compiled)._fallback is not None
+
+    def breaks(params, x):
+        y = x @ params["w"]
+        print(end="")  # a graph break
+        return y.exp()
+    made = compile_fn(breaks)
+    torch.testing.assert_close(made(params, x), breaks(params, x), rtol=1e-12, atol=1e-12)
+    pre = _precompiled(made)
+    assert not pre.whole and pre.versions == [] and pre._fallback is not None
