@@ -273,13 +273,14 @@ _PRECOMPILES = _ISOLATES and hasattr(_GUARDS, "TensorGuards") and hasattr(_GUARD
 class Precompiled:
     """fn compiled for the CPU ahead of its calls (torch.compile's `aot_compile`, whole
     graph, C++ wrapper), one version per kind of call, and each call checked by two
-    comparisons in C++ (torch's own TensorGuards and GlobalStateGuard, those Dynamo's
-    guards are made of) instead of by Dynamo's guards and frame evaluation. A version
+    comparisons in C++ (torch's own checks of tensors and of global state, TensorGuards
+    and GlobalStateGuard) instead of by Dynamo's guards and frame evaluation. A version
     serves the calls whose tensors have the same shapes, strides, dtypes, devices and
-    requires_grad as the call it was compiled for, in containers (dicts, lists, tuples)
-    of the same types and keys, with the same other values, under the same global state
-    (grad mode, autocast, default dtype, thread count, deterministic algorithms); any
-    other call compiles a new version, as Dynamo would recompile.
+    requires_grad as the call it was compiled for, the same tensor passed in the same
+    places, in containers (dicts, lists, tuples) of the same types and keys, with the
+    same other values, under the same global state (grad mode, autocast, default dtype,
+    thread count, deterministic algorithms); any other call compiles a new version, as
+    Dynamo would recompile.
 
     What the function closes over is not checked, as `_unchanging` already leaves out
     the modules and the module-level names: every function the suite compiles closes
@@ -312,6 +313,7 @@ class Precompiled:
         structure = _structure(args, tensors)
         if structure is None or torch._C._functorch.peek_interpreter_stack() is not None:
             return self.fallback(*args)
+        structure = structure, _repeats(tensors)
         for known, state, tensor_guards, compiled in self.versions:
             if known == structure and state.check() and tensor_guards.check(*tensors):
                 return compiled(*args)
@@ -337,6 +339,22 @@ class Precompiled:
         if self._fallback is None:
             self._fallback = _dynamo_compiled(self.fn, cpu=True)
         return self._fallback
+
+
+def _repeats(tensors: list[Tensor]) -> tuple:
+    """Where a tensor is the same object as an earlier one, (its place, the earlier's):
+    code compiled for a call that passed one tensor twice may read it once."""
+    ids = [id(t) for t in tensors]
+    if len(set(ids)) == len(ids):
+        return ()
+    first: dict[int, int] = {}
+    repeats = []
+    for i, x in enumerate(ids):
+        if x in first:
+            repeats.append((i, first[x]))
+        else:
+            first[x] = i
+    return tuple(repeats)
 
 
 def _no_guards(guards) -> list[bool]:

@@ -261,8 +261,8 @@ def _versions(compiled) -> list:
 @pytest.mark.skipif(not inner._PRECOMPILES, reason="this torch cannot compile ahead of the calls")
 def test_precompiled_code_serves_only_the_calls_it_was_compiled_for():
     """A call like the first one reuses its compiled version; one whose tensors differ in
-    shape, strides, dtype or requires_grad, whose dict has other keys, or made in another
-    grad mode compiles a new one; every result equals the uncompiled function's. A call
+    shape, strides, dtype or requires_grad, whose dict has other keys, that passes one
+    tensor twice, or made in another grad mode compiles a new one; every result equals the uncompiled function's. A call
     past the limit of versions or under vmap goes to Dynamo, and so does a function with a
     graph break."""
     from algorithms.inner import compile_fn
@@ -292,6 +292,14 @@ def test_precompiled_code_serves_only_the_calls_it_was_compiled_for():
         check(params, x, 7)  # grad mode
     check(params, x, 7)
     assert all(isinstance(v[-1], torch._dynamo.aot_compile.AOTCompiledFunction) for v in _versions(compiled))
+
+    def twice(a, b):
+        return a * 2 + b
+    made = compile_fn(twice)
+    u, v = torch.randn(3, generator=g), torch.randn(3, generator=g)
+    for args, versions in [((u, u), 1), ((u, v), 2), ((v, u), 2), ((v, v), 3)]:  # TensorGuards refuse repeats
+        torch.testing.assert_close(made(*args), twice(*args), rtol=1e-12, atol=1e-12)
+        assert len(_versions(made)) == versions
 
     out = torch.func.vmap(lambda xi: compiled(params, xi)[0])(x[:, None])  # inside a transform: Dynamo's way
     torch.testing.assert_close(out, fn(params, x)[0][:, None], rtol=1e-12, atol=1e-12)
