@@ -318,3 +318,31 @@ def test_precompiled_code_serves_only_the_calls_it_was_compiled_for():
     torch.testing.assert_close(made(params, x), breaks(params, x), rtol=1e-12, atol=1e-12)
     pre = _precompiled(made)
     assert not pre.whole and pre.versions == [] and pre._fallback is not None
+
+
+@pytest.mark.skipif(not inner._PRECOMPILES, reason="this torch cannot compile ahead of the calls")
+def test_precompiled_code_comes_from_torch_s_compile_caches(tmp_path, monkeypatch):
+    """The second compilation of a function (another run's, in this process or a later
+    one) reads the code the first one left in torch's compile caches, as Dynamo's does,
+    and computes the same."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import fresh_cache
+
+    from algorithms.inner import compile_fn
+
+    def fn(params, x):
+        return torch.relu(x @ params["w"] + params["b"]).square().mean()
+
+    g = torch.Generator().manual_seed(1)
+    params = {"w": torch.randn(6, 2, generator=g), "b": torch.randn(2, generator=g)}
+    x = torch.randn(3, 6, generator=g)
+    with fresh_cache():  # an empty cache of this test's own
+        counters.clear()
+        first = compile_fn(fn)(params, x)
+        assert counters["aot_autograd"]["autograd_cache_miss"] == 1
+        assert counters["aot_autograd"]["autograd_cache_hit"] == 0
+        torch._dynamo.reset()  # nothing of the first compilation left in memory but the caches
+        second = compile_fn(fn)(params, x)
+        assert counters["aot_autograd"]["autograd_cache_hit"] == 1
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    torch.testing.assert_close(first, fn(params, x))
