@@ -93,6 +93,7 @@ def test_interval_is_the_student_t_interval_over_tasks():
 @pytest.mark.parametrize("preset, changes", [
     ("sine", {"compile": True}),
     ("omniglot-5w1s", {"compile": True}),        # its step and scoring compiled (small convolutions as matmuls)
+    ("omniglot-5w1s", {"compile": True, "channels_last": True}),  # the same, one task at a time
     ("omniglot-5w1s", {"conv_matmul": True}),    # every convolution a matrix product, batched over the tasks
     ("omniglot-5w1s", {"eval_matmul": True}),    # the same for evaluation alone
 ])
@@ -141,6 +142,9 @@ def test_fast_evaluations_equal_the_plain_one(float64, monkeypatch, preset, chan
     assert len(made) == (2 if fast_cfg.compile else 0)
     assert not np.array_equal(again.per_task, fast.per_task)
     assert [len(seen) for seen in shapes] == [1] * len(made)
+    if fast_cfg.compile and preset != "sine":  # the step's images: one task's (4-D), or the chunk's (5-D)
+        images = [shape for seen in shapes for call in seen for shape in call if len(shape) >= 4 and shape[-1] == 28]
+        assert {len(shape) for shape in images[:1]} == {4 if fast_cfg.channels_last else 5}
 
 
 def test_eval_matmul_makes_only_the_evaluations_convolutions_matrix_products(monkeypatch):
