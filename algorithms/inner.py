@@ -145,7 +145,7 @@ def _plain() -> bool:
 
 
 def _steps(loss, opt, params, state, xs, ys, *, keep_grads: bool):
-    step = _compiled_step(loss, opt, keep_grads) if _COMPILE_STEPS and _plain() else partial(_step, loss, opt)
+    step = _compiled_step(loss, opt, keep_grads) if _COMPILED == "step" and _plain() else partial(_step, loss, opt)
     losses, grads_seen = [], []
     for s in range(xs.shape[0]):
         params, state, value, grads = step(params, state, xs[s], ys[s])
@@ -170,23 +170,30 @@ def _step(loss, opt, params, state, x, y):
     return params, state, value, grads
 
 
-_COMPILE_STEPS = False
+_COMPILED = None  # what compiled_units compiles: "step", "task" or None
 
 
 @contextmanager
-def compiled_steps(on: bool = True):
-    """Inside it (when `on`), the inner steps that run plain (outside torch.func
-    transforms: the serial paths, `bench.runner.compiles_whole` says where) run compiled
-    by torch.compile, one step at a time: the step of a task loss and optimizer is compiled
-    once (seconds) and called for every minibatch, where compiling a whole meta-iteration
-    unrolls all its steps (minutes). The same operations as `_step` under a transform,
-    equal to the plain step within float tolerance."""
-    global _COMPILE_STEPS
-    before, _COMPILE_STEPS = _COMPILE_STEPS, _COMPILE_STEPS or on
+def compiled_units(unit: str | None):
+    """Inside it, the plain computations (outside torch.func transforms: the serial paths,
+    `bench.runner.compile_unit` says which) run compiled by torch.compile, one unit at a
+    time, each compiled once (seconds) and called again and again, where compiling a whole
+    meta-iteration unrolls all its tasks and steps (minutes):
+
+    - "step": each inner step of a task loss and optimizer (`_compiled_step`), called for
+      every minibatch;
+    - "task": each task's computation of a meta-batch (`map_tasks`'s `fn`:
+      `_compiled_task`), called for every task: for FOMAML and MAML, whose query
+      gradient (second-order for MAML) then runs compiled too.
+
+    The same operations as under a transform, equal to the plain ones within float
+    tolerance. None compiles nothing."""
+    global _COMPILED
+    before, _COMPILED = _COMPILED, _COMPILED or unit
     try:
         yield
     finally:
-        _COMPILE_STEPS = before
+        _COMPILED = before
 
 
 def _compiled_step(loss, opt, keep_grads: bool):
@@ -199,6 +206,19 @@ def _compiled_step(loss, opt, keep_grads: bool):
             return params, state, value, grads if keep_grads else {}
         by_opt[opt, keep_grads] = compile_fn(step)
     return by_opt[opt, keep_grads]
+
+
+def _compiled_task(fn: partial):
+    """The compiled `fn`, a task's computation: `partial(task, ..., loss, opt)` as
+    `adapt_tasks` and `algorithms.base.query_meta_step` make it, a new partial every
+    meta-iteration of the same function and arguments; kept on the loss function (as
+    `_compiled_step` is) under that function and its arguments."""
+    loss = fn.args[-2]
+    key = (fn.func, fn.args, tuple(sorted(fn.keywords.items())))
+    by_task = vars(loss).setdefault("_compiled_tasks", {})
+    if key not in by_task:
+        by_task[key] = compile_fn(fn)
+    return by_task[key]
 
 
 _ISOLATES = ("isolate_recompiles" in inspect.signature(torch.compile).parameters
@@ -450,6 +470,8 @@ def map_tasks(fn: PerTask, params: Params, state: State, tensors: tuple[Tensor, 
         carried = {k: v.mean(0) for k, v in finals.items()} if chain_state else state
         return outs, carried, losses
     results, current = [], state
+    if _COMPILED == "task" and _plain():
+        fn = _compiled_task(fn)
     for i in range(tensors[0].shape[0]):
         out, final, task_losses = fn(params, current if chain_state else state, *(t[i] for t in tensors))
         if chain_state:

@@ -148,14 +148,17 @@ class Config:
     """Evaluation tasks adapted in one batched computation; 0 chooses by device (25 on the
     CPU, where larger batches of per-task convolutions run slower, 1000 on a GPU)."""
     compile: bool
-    """Compile the meta-iteration's computation with torch.compile: on the serial paths
-    (MAML's aside) each inner step, compiled once and called for every minibatch (seconds
-    of compilation); on the batched paths and MAML the whole meta-iteration, its steps
-    unrolled (minutes for the CNNs on the CPU). The compiled code computes the same maths
-    with fused kernels, equal to the plain path within float tolerance; on the CPU it
-    computes the convolutions with small outputs (the Omniglot CNN's last two) as matrix
-    products (`bench.models.Conv2d`). Evaluation compiles its inner step over a chunk of
-    test tasks (vmapped) and their scoring, once per run (`bench.evaluate`)."""
+    """Compile the meta-iteration's computation with torch.compile: on the CNNs' serial
+    paths each inner step (Reptile, joint training, the gradient sums) or each task's
+    adaptation and query gradient (FOMAML, MAML), compiled once and called for every
+    minibatch or task (seconds to a minute or two of compilation); on the batched paths and
+    for the sine MLP the whole meta-iteration, its steps unrolled (minutes for the CNNs on
+    the CPU; `bench.runner.compile_unit`). The compiled code computes the same maths with
+    fused kernels, equal to the plain path within float tolerance; on the CPU it computes
+    the convolutions with small outputs (the Omniglot CNN's last two) as matrix products
+    (`bench.models.Conv2d`). Evaluation compiles its inner step over a chunk of test tasks
+    (vmapped; on the CPU with channels_last, one task's) and their scoring, once per run
+    (`bench.evaluate`)."""
     cuda_graph: bool
     """Record each meta-iteration's computation as a CUDA graph once and replay it
     (`bench.graphs`): one launch instead of hundreds of small kernel launches from

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from algorithms import ALGORITHMS, QUERY_ALGORITHMS, inner_optimizer, maml, parse_terms
-from algorithms.inner import compile_fn, compiled_steps
+from algorithms import ALGORITHMS, QUERY_ALGORITHMS, fomaml, inner_optimizer, maml, parse_terms
+from algorithms.inner import compile_fn, compiled_units
 from algorithms.base import MetaStep
 
 from .checkpoint import FORMAT, CheckpointClock, resume_point, rng_states, set_rng_states
@@ -81,20 +81,20 @@ def train_episodes(sampler, cfg: Config, algo: str) -> Episode:
     return sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps, cfg.inner_batch).shared_tail()
 
 
-def _executed(fn, cfg: Config, whole: bool = True):
+def _executed(fn, cfg: Config, unit: str = "whole"):
     """fn(params, inner_state, tensors) -> (grad, inner_state, logs) as the run's settings
     execute it, always under torch.no_grad (the torch.func transforms inside still
-    differentiate). With cfg.compile: compiled by torch.compile, the whole computation when
-    `whole`, else each plain inner step (`algorithms.inner.compiled_steps`: seconds to
-    compile instead of minutes, for the serial paths whose steps run outside torch.func
-    transforms). With cfg.cuda_graph: recorded as a CUDA graph and replayed
-    (`bench.graphs`: the returned tensors are then overwritten by the next call); with
-    both, the graph's two warm-up calls compile and its recording captures the compiled
-    kernels."""
+    differentiate). With cfg.compile: compiled by torch.compile, the whole computation
+    when `unit` is "whole", else each plain task or inner step (`unit` "task" or "step":
+    `algorithms.inner.compiled_units`; seconds to compile instead of minutes, for the
+    serial paths, whose tasks and steps run outside torch.func transforms). With
+    cfg.cuda_graph: recorded as a CUDA graph and replayed (`bench.graphs`: the returned
+    tensors are then overwritten by the next call); with both, the graph's two warm-up
+    calls compile and its recording captures the compiled kernels."""
     def plain(params, inner_state, tensors):
-        with torch.no_grad(), compiled_steps(cfg.compile and not whole):
+        with torch.no_grad(), compiled_units(unit if cfg.compile and unit != "whole" else None):
             return fn(params, inner_state, tensors)
-    run = compile_fn(plain) if cfg.compile and whole else plain
+    run = compile_fn(plain) if cfg.compile and unit == "whole" else plain
     run = GraphedFunction(run) if cfg.cuda_graph else run
 
     def executed(*args):
@@ -103,23 +103,27 @@ def _executed(fn, cfg: Config, whole: bool = True):
     return executed
 
 
-def compiles_whole(algorithm, cfg: Config) -> bool:
-    """Whether `compile` compiles the whole meta-iteration rather than each inner step:
-    where the tasks run under vmap (batched), where MAML differentiates through the inner
-    steps, and for the sine MLP, whose steps are too short for a compiled call per step to
-    pay (on a 2-core CPU, in one process, before the C++ wrapper of `compile_fn`: 1.13 ms
-    per meta-iteration step by step, 0.705 whole; its whole meta-iteration compiles in 6
-    to 10 s)."""
-    return cfg.batched or algorithm is maml or cfg.task == "sine"
+def compile_unit(algorithm, cfg: Config) -> str:
+    """What `compile` compiles as one piece (`_executed`): "whole", the whole
+    meta-iteration, where the tasks run under vmap (batched) and for the sine MLP, whose
+    steps are too short for a compiled call per step to pay (on a 2-core CPU, in one
+    process, before the C++ wrapper of `compile_fn`: 1.13 ms per meta-iteration step by
+    step, 0.705 whole; its whole meta-iteration compiles in 6 to 10 s); on the CNNs'
+    serial paths, "task" for FOMAML and MAML, each task's adaptation and query gradient
+    (MAML's second-order one), and "step" for the others, each inner step (Reptile's
+    tasks take many)."""
+    if cfg.batched or cfg.task == "sine":
+        return "whole"
+    return "task" if algorithm in (maml, fomaml) else "step"
 
 
 def meta_step_fn(algorithm, loss, cfg: Config):
     """compute(params, inner_state, episodes) -> MetaStep: the algorithm's computation for
-    one meta-batch with the run's settings (see `_executed` and `compiles_whole`)."""
+    one meta-batch with the run's settings (see `_executed` and `compile_unit`)."""
     def step(params, inner_state, tensors):
         out = algorithm(loss, params, inner_state, Episode(*tensors), cfg)
         return out.grad, out.inner_state, out.logs
-    executed = _executed(step, cfg, whole=compiles_whole(algorithm, cfg))
+    executed = _executed(step, cfg, unit=compile_unit(algorithm, cfg))
 
     def compute(params, inner_state, episodes):
         grad, state, logs = executed(params, inner_state, episodes._tensors())

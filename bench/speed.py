@@ -11,14 +11,15 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
   the meta-batch under `torch.func.vmap` or one after another;
 - `compiled`: the preset's own path (batched or serial) with `compile = true`
   (torch.compile); by default for the cases that compile in seconds (the CNNs' serial
-  paths but MAML's, which compile each inner step, and the sine MLP), for every case with
-  `--compiled` (the CNNs' batched paths and MAML compile their whole meta-iteration:
-  minutes on the CPU), for none with `--no-compiled`; `first_call_s` shows the
-  compilation;
+  paths, which compile each inner step or each task, and the sine MLP), for every case
+  with `--compiled` (the CNNs' batched paths compile their whole meta-iteration: minutes
+  on the CPU), for none with `--no-compiled`; `first_call_s` shows the compilation;
 - `channels-last`: the preset's own path with `channels_last = true` (convolution weights
   and images in NHWC order), for the CNNs, on CUDA for the serial paths only
   (`bench.models.check_layout`); `compiled-cl`: the same compiled, where `compiled` runs,
-  on the CPU;
+  on the CPU; `serial-compiled-cl`: for the cases whose preset's own path is the batched
+  one (FOMAML, MAML), the serial path compiled task by task in channels-last order, on
+  the CPU unless `--no-compiled`;
 - `matmul`: the preset's own path with `conv_matmul = true` (every convolution one matrix
   product over the image patches), for the CNNs;
 - `bf16`: the preset's own path with `autocast = "bf16"` (convolutions and linear layers
@@ -100,8 +101,8 @@ ALGOS = ("reptile", "fomaml", "maml", "joint")
 PRESETS = {"reptile": ("omniglot-5w1s", "sine"), "fomaml": ("omniglot-5w1s-maml",),
            "maml": ("omniglot-5w1s-maml",), "joint": ("omniglot-5w1s",)}
 """Each algorithm's paper settings (and the sine example for Reptile)."""
-IMPLEMENTATIONS = ("batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "bf16", "graph",
-                   "graph-batched", "compiled-graph", "seeds", "naive", "learn2learn", "passes")
+IMPLEMENTATIONS = ("batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "serial-compiled-cl",
+                   "bf16", "graph", "graph-batched", "compiled-graph", "seeds", "naive", "learn2learn", "passes")
 SEEDS = 5
 """Runs trained together in the `seeds` row (its time is per run: the group's divided by SEEDS)."""
 SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "tail", "inner_optimizer",
@@ -131,14 +132,15 @@ second-order passes have no plain-module equivalent)."""
 
 def compiles_quickly(algo: str, preset: str) -> bool:
     """Whether the preset's own path compiles in seconds: each inner step of the CNNs'
-    serial paths (`bench.runner.compiles_whole`), or the sine MLP's whole meta-iteration;
-    a CNN's whole meta-iteration (the batched paths, MAML) takes minutes on the CPU."""
+    serial paths, or each task of FOMAML's and MAML's (`bench.runner.compile_unit`), or
+    the sine MLP's whole meta-iteration; a CNN's whole meta-iteration (the batched paths)
+    takes minutes on the CPU."""
     from algorithms import ALGORITHMS
 
-    from .runner import compiles_whole
+    from .runner import compile_unit
 
     cfg = _config(algo, preset)
-    return cfg.task == "sine" or not compiles_whole(ALGORITHMS[algo], cfg)
+    return cfg.task == "sine" or compile_unit(ALGORITHMS[algo], cfg) != "whole"
 
 
 def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool | None = None,
@@ -148,6 +150,7 @@ def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool | 
     from .peers import LEARN2LEARN_ALGOS
 
     cfg = _config(algo, preset)
+    asked = compiled
     if compiled is None:
         compiled = compiles_quickly(algo, preset)
 
@@ -160,6 +163,8 @@ def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool | 
             return cfg.task != "sine" and not (graph and cfg.batched)
         if impl == "compiled-cl":
             return compiled and cfg.task != "sine" and not graph
+        if impl == "serial-compiled-cl":  # the batched presets' serial path, compiled task by task
+            return asked is not False and cfg.batched and cfg.task != "sine" and not graph
         if impl == "matmul":
             return cfg.task != "sine"
         if impl == "bf16":
@@ -187,7 +192,7 @@ def _config(algo: str, preset: str):
 
 def _laid_out(cfg, impl: str):
     """cfg with the network settings that `impl` asks for, which `build_model` reads."""
-    if impl in ("channels-last", "compiled-cl"):
+    if impl in ("channels-last", "compiled-cl", "serial-compiled-cl"):
         return cfg.replace(channels_last=True)
     if impl in ("matmul", "compiled-matmul"):
         return cfg.replace(conv_matmul=True)
@@ -258,14 +263,16 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
                 r["state"] = step.inner_state
         return together
 
-    if impl in ("batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "bf16", "graph",
-                "graph-batched", "compiled-graph"):
+    if impl in ("batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "serial-compiled-cl",
+                "bf16", "graph", "graph-batched", "compiled-graph"):
         # the others run the preset's own path (batched or serial); channels_last and conv_matmul
         # are set above
         if impl in ("batched", "serial"):
             cfg = cfg.replace(batched=impl == "batched")
         elif impl in ("compiled", "compiled-cl"):
             cfg = cfg.replace(compile=True)
+        elif impl == "serial-compiled-cl":
+            cfg = cfg.replace(compile=True, batched=False)
         elif impl == "bf16":  # in bfloat16
             cfg = cfg.replace(autocast="bf16")
         elif impl == "graph":  # replayed from a CUDA graph

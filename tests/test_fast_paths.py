@@ -5,6 +5,8 @@ the plain computation. Both must give the same results within float tolerance.""
 import csv
 import json
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -129,31 +131,34 @@ def test_compiled_meta_iterations_equal_the_plain_ones(tmp_path, capsys):
     assert_close(params(ra), params(rb), atol=1e-5)
 
 
-@pytest.mark.parametrize("algo,preset,batched,step_by_step", [
-    ("reptile", "omniglot-5w1s", False, True),  # the CNN's serial path: each plain inner step compiled
-    ("fomaml", "omniglot-5w1s", False, True),   # its inner steps compiled, its query gradient plain
-    ("reptile", "sine", False, False),          # the MLP's steps are too short: the whole meta-iteration
-    ("reptile", "sine", True, False),           # the tasks under vmap: the whole meta-iteration
-    ("maml", "sine", False, False),             # differentiates through the inner steps: the whole one
+@pytest.mark.parametrize("algo,preset,batched,unit", [
+    ("reptile", "omniglot-5w1s", False, "step"),     # the CNN's serial path: each plain inner step compiled
+    ("fomaml", "omniglot-5w1s", False, "task"),      # each task's inner steps and query gradient compiled
+    ("maml", "omniglot-5w1s-maml", False, "task"),   # each task's second-order meta-gradient compiled
+    ("reptile", "sine", False, "whole"),             # the MLP's steps are too short: the whole meta-iteration
+    ("reptile", "sine", True, "whole"),              # the tasks under vmap: the whole meta-iteration
+    ("maml", "sine", False, "whole"),                # the MLP again
 ])
-def test_compiled_paths_equal_the_plain_ones_in_float64(float64, monkeypatch, algo, preset, batched, step_by_step):
+def test_compiled_paths_equal_the_plain_ones_in_float64(float64, monkeypatch, algo, preset, batched, unit):
     from algorithms import inner
     from bench import runner
 
     compiled_fns, original = [], inner.compile_fn
 
     def compile_fn(fn):
-        compiled_fns.append(fn.__qualname__)
+        compiled_fns.append((fn.func if isinstance(fn, partial) else fn).__qualname__)
         return original(fn)
     monkeypatch.setattr(runner, "compile_fn", compile_fn)
     monkeypatch.setattr(inner, "compile_fn", compile_fn)
-    changes = {"batched": batched, "inner_steps": 3, "meta_batch": 2}
+    # MAML on the CNN: the preset's one inner step (compiling more takes minutes)
+    changes = {"batched": batched, "inner_steps": 2 if preset == "omniglot-5w1s-maml" else 3, "meta_batch": 2}
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled = train(algo, preset, 2, compile=True, **changes)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # something was compiled
-    # step by step or whole, as the path asks
-    assert compiled_fns == (["_compiled_step.<locals>.step"] if step_by_step else ["_executed.<locals>.plain"])
+    # step by step, task by task or whole, as the path asks
+    assert compiled_fns == [{"step": "_compiled_step.<locals>.step", "task": "_task",
+                             "whole": "_executed.<locals>.plain"}[unit]]
     plain = train(algo, preset, 2, **changes)
     for a, b in zip(plain, compiled):
         assert a.keys() == b.keys()

@@ -377,7 +377,12 @@ def test_compiled_rows_by_default_where_the_path_compiles_in_seconds():
     on_cuda = implementations("maml", "omniglot-5w1s-maml", False, compiled=True, graph=True)
     assert on_cuda == ["batched", "serial", "matmul", "compiled", "graph", "compiled-graph", "seeds", "naive"]
     assert implementations("maml", "omniglot-5w1s-maml", False, compiled=True) == [
-        "batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "seeds", "naive"]
+        "batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "serial-compiled-cl", "seeds",
+        "naive"]
+    # on the CPU its serial path, compiled task by task (a minute or two), by default; not with --no-compiled
+    assert implementations("maml", "omniglot-5w1s-maml", False) == [
+        "batched", "serial", "channels-last", "matmul", "serial-compiled-cl", "seeds", "naive"]
+    assert "serial-compiled-cl" not in implementations("fomaml", "omniglot-5w1s-maml", True, compiled=False)
 
 
 def test_speed_evaluation_times_every_protocol_side_by_side(tmp_path, capsys):
