@@ -321,7 +321,7 @@ def test_precompiled_code_serves_only_the_calls_it_was_compiled_for():
 
 
 @pytest.mark.skipif(not inner._PRECOMPILES, reason="this torch cannot compile ahead of the calls")
-def test_precompiled_code_comes_from_torch_s_compile_caches(tmp_path, monkeypatch):
+def test_precompiled_code_comes_from_torch_s_compile_caches():
     """The second compilation of a function (another run's, in this process or a later
     one) reads the code the first one left in torch's compile caches, as Dynamo's does,
     and computes the same."""
