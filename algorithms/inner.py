@@ -242,8 +242,9 @@ def compile_fn(fn):
     elsewhere (CUDA, an older torch) checked by Dynamo's guards (`_dynamo_compiled`).
 
     Each call of compile_fn keeps its compiled code apart: the suite makes one per run
-    (`_compiled_step`, `bench.runner._executed`), so every run in a process (a speed
-    table's rows, a test session's runs) compiles its own and never meets another's.
+    (`_compiled_step`, `_compiled_task`, `bench.runner._executed`,
+    `bench.evaluate._compiled`), so every run in a process (a speed table's rows, a test
+    session's runs) compiles its own and never meets another's.
     Within a run neither the network's modules (their parameters are arguments, through
     functional_call) nor the module-level names the code calls (torch's functions, the
     suite's) change, so the compiled code is not checked against them."""
