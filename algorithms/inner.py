@@ -23,6 +23,8 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 from torch.utils._pytree import tree_flatten
 
+from . import onednn
+
 Params = dict[str, Tensor]
 State = dict[str, Tensor]
 TaskLoss = Callable[[Params, Tensor, Tensor], Tensor]
@@ -204,7 +206,7 @@ def _compiled_step(loss, opt, keep_grads: bool):
         def step(params, state, x, y):
             params, state, value, grads = _step(loss, opt, params, state, x, y)
             return params, state, value, grads if keep_grads else {}
-        by_opt[opt, keep_grads] = compile_fn(step)
+        by_opt[opt, keep_grads] = compile_fn(step, one_task=True)
     return by_opt[opt, keep_grads]
 
 
@@ -217,7 +219,7 @@ def _compiled_task(fn: partial):
     key = (fn.func, fn.args, tuple(sorted(fn.keywords.items())))
     by_task = vars(loss).setdefault("_compiled_tasks", {})
     if key not in by_task:
-        by_task[key] = compile_fn(fn)
+        by_task[key] = compile_fn(fn, one_task=True)
     return by_task[key]
 
 
@@ -233,7 +235,7 @@ def _unchanging(guards) -> list[bool]:
     return [a and b for a, b in zip(modules, names)]
 
 
-def compile_fn(fn):
+def compile_fn(fn, *, one_task: bool = False):
     """torch.compile(fn) for fixed shapes, made at the first call for the device of its
     first tensor argument: on the CPU with Inductor's C++ wrapper (the compiled kernels
     called from generated C++ rather than generated Python; the Omniglot CNN's step ran 5
@@ -256,8 +258,16 @@ def compile_fn(fn):
             first = next((x for x in tree_flatten(args)[0] if isinstance(x, Tensor)), None)
             cpu = first is not None and first.device.type == "cpu"
             compiled = Precompiled(fn) if cpu and _PRECOMPILES else _dynamo_compiled(fn, cpu)
+            if one_task:
+                compiled = onednn.one_task(compiled)
         return compiled(*args)
     return call
+
+
+def cpu_options() -> dict:
+    """Inductor's settings for the suite's compiled CPU code: the C++ wrapper, and the
+    large matrix products given to oneDNN (`algorithms.onednn`)."""
+    return {"cpp_wrapper": True, **onednn.inductor_options()}
 
 
 def _dynamo_compiled(fn, cpu: bool):
@@ -283,7 +293,7 @@ def _dynamo_compiled(fn, cpu: bool):
     else:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     if cpu:
-        options["cpp_wrapper"] = True
+        options.update(cpu_options())
     return torch.compile(fn, dynamic=False, options=options or None, **isolation)
 
 
@@ -312,7 +322,7 @@ def _cached_inductor(graph, example_inputs):
     settings = {k: v for k, v in _CACHE_SETTINGS.items() if v is not None}
     graph._backend_id = None  # aot_compile's name for the graph, unique, which AOTAutograd's cache key would take in
     with torch._functorch.config.patch(settings):
-        return _Unsaved(compile_fx(graph, example_inputs, config_patches={"cpp_wrapper": True}))
+        return _Unsaved(compile_fx(graph, example_inputs, config_patches=cpu_options()))
 
 
 if _PRECOMPILES:

@@ -154,9 +154,12 @@ class Config:
     minibatch or task (seconds to a minute or two of compilation); on the batched paths and
     for the sine MLP the whole meta-iteration, its steps unrolled (minutes for the CNNs on
     the CPU; `bench.runner.compile_unit`). The compiled code computes the same maths with
-    fused kernels, equal to the plain path within float tolerance; on the CPU it computes
-    the convolutions with small outputs (the Omniglot CNN's last two) as matrix products
-    (`bench.models.Conv2d`). Evaluation compiles its inner step over a chunk of test tasks
+    fused kernels, equal to the plain path within float tolerance. On the CPU it computes
+    the convolutions with small outputs as matrix products over the image patches
+    (`bench.models.Conv2d`): in float32 code that computes one task (the serial paths'
+    steps and tasks, evaluation one task at a time), every convolution of the Omniglot
+    CNN, whose products oneDNN then computes (`algorithms.onednn`); elsewhere its last
+    two. Evaluation compiles its inner step over a chunk of test tasks
     (vmapped; on the CPU with channels_last, one task's) and their scoring, once per run
     (`bench.evaluate`)."""
     cuda_graph: bool

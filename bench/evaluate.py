@@ -94,7 +94,8 @@ def _adapted(model: nn.Module, cfg: Config, loss, opt: InnerOptimizer, params: P
     if not cfg.compile:
         return adapt_tasks(loss, opt, params, state, xs, ys, batched=True, chain_state=False)[0]
     if _one_at_a_time(cfg, xs.device):
-        step = _compiled(model, ("task step", opt, *_forward_settings(cfg)), lambda: partial(inner_step, loss, opt))
+        step = _compiled(model, ("task step", opt, *_forward_settings(cfg)), lambda: partial(inner_step, loss, opt),
+                         one_task=True)
         adapted = []
         for t in range(tasks):
             p, s = params, state
@@ -142,13 +143,13 @@ def _forward_settings(cfg: Config) -> tuple:
     return cfg.task, cfg.autocast, cfg.channels_last, cfg.eval_matmul
 
 
-def _compiled(model: nn.Module, key: tuple, make):
-    """compile_fn(make()), made at the first evaluation and kept on the network under `key`
-    (what the function depends on beyond the network) for the later ones: the periodic
-    evaluations of a run compile once."""
+def _compiled(model: nn.Module, key: tuple, make, one_task: bool = False):
+    """compile_fn(make(), one_task=one_task), made at the first evaluation and kept on the
+    network under `key` (what the function depends on beyond the network) for the later
+    ones: the periodic evaluations of a run compile once."""
     fns = vars(model).setdefault("_compiled_evaluation", {})
     if key not in fns:
-        fns[key] = compile_fn(make())
+        fns[key] = compile_fn(make(), one_task=one_task)
     return fns[key]
 
 

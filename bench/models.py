@@ -17,6 +17,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from algorithms import onednn as onednn_products
+
 from .config import Config
 from .errors import ConfigError
 
@@ -32,6 +34,10 @@ def _glorot_(module: nn.Module) -> None:
 SMALL_OUTPUT = 16
 """`Conv2d` computes outputs of at most this many positions per image as a matrix product
 when compiled for the CPU (see there)."""
+
+ONEDNN_OUTPUT = 196
+"""The same in float32 where the product is oneDNN's (the Omniglot CNN's first
+convolution has 14 x 14 outputs)."""
 
 
 def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -53,16 +59,30 @@ def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d whose small outputs (at most SMALL_OUTPUT positions per image), while
-    torch.compile traces it for the CPU, are computed by `conv_as_matmul`: Inductor fuses
-    the gathering of the patches into one kernel and calls one matrix product, forward
-    and backward, where oneDNN's convolution pays a fixed cost per call that dominates at
-    these sizes. On a 2-core CPU (medians of 40 interleaved rounds, channels-last, batch
-    10), a compiled forward and backward of the Omniglot CNN's third convolution (7x7 ->
-    4x4) took 279 against 358 us, of its fourth (4x4 -> 2x2) 136 against 269 us; of its
-    second (14x14 -> 7x7, 49 positions) 636 against 620 us, and of its first (one input
-    channel, 196 positions) 265 against 210 us. The same numbers up to the order of a
-    float sum.
+    """nn.Conv2d that, while torch.compile traces it for the CPU, computes its smaller
+    outputs by `conv_as_matmul`. Inductor fuses the gathering of the patches into one
+    kernel and calls one matrix product, forward and backward. oneDNN's convolution
+    pays a fixed cost per call that dominates at these sizes.
+
+    Which outputs count as small:
+
+    - In float32, where oneDNN is built in, in code that computes one task
+      (`algorithms.onednn.unbatched`: the compiled steps of the serial paths and of
+      evaluation one task at a time), outputs of at most ONEDNN_OUTPUT positions per
+      image (every convolution of the Omniglot CNN). Their products then run as
+      oneDNN's inner product (`algorithms.onednn`), about twice MKL's rate on the 2-core
+      AMD CPU. A compiled Reptile step of the Omniglot CNN (channels-last, medians of 20
+      interleaved rounds) ran 1.16x faster with one thread and 1.10x with two than with
+      only the last two convolutions as products. Sending only the last three gave 1.10x
+      and 1.06x.
+    - Otherwise, outputs of at most SMALL_OUTPUT positions, where the product is MKL's.
+      On a 2-core CPU (medians of 40 interleaved rounds, channels-last, batch 10), a
+      compiled forward and backward of the Omniglot CNN's third convolution (7x7 -> 4x4)
+      took 279 against 358 us, of its fourth (4x4 -> 2x2) 136 against 269 us; of its
+      second (14x14 -> 7x7, 49 positions) 636 against 620 us, and of its first (one
+      input channel, 196 positions) 265 against 210 us.
+
+    The same numbers up to the order of a float sum.
 
     With `matmul` set (the `conv_matmul` setting, `build_model`), every output is computed
     by `conv_as_matmul`, eager or compiled, on any device."""
@@ -85,7 +105,8 @@ class Conv2d(nn.Conv2d):
             return False
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         oh, ow = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
-        return oh * ow <= SMALL_OUTPUT
+        onednn = x.dtype == torch.float32 and onednn_products.unbatched()
+        return oh * ow <= (ONEDNN_OUTPUT if onednn else SMALL_OUTPUT)
 
 
 class OmniglotCNN(nn.Sequential):

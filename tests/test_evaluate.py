@@ -112,9 +112,9 @@ def test_fast_evaluations_equal_the_plain_one(float64, monkeypatch, preset, chan
 
     made, shapes, real = [], [], ev.compile_fn
 
-    def recording(fn):
+    def recording(fn, **how):
         made.append(fn)
-        seen, compiled = set(), real(fn)
+        seen, compiled = set(), real(fn, **how)
         shapes.append(seen)
 
         def call(*args):

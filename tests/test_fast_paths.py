@@ -145,9 +145,9 @@ def test_compiled_paths_equal_the_plain_ones_in_float64(float64, monkeypatch, al
 
     compiled_fns, original = [], inner.compile_fn
 
-    def compile_fn(fn):
+    def compile_fn(fn, **how):
         compiled_fns.append((fn.func if isinstance(fn, partial) else fn).__qualname__)
-        return original(fn)
+        return original(fn, **how)
     monkeypatch.setattr(runner, "compile_fn", compile_fn)
     monkeypatch.setattr(inner, "compile_fn", compile_fn)
     # task by task: one inner step and the query (the MAML preset's; each step more adds to the compilation)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from algorithms import onednn
 from bench.models import MiniImageNetCNN, OmniglotCNN, SineMLP
 
 
@@ -92,6 +93,20 @@ def test_small_convolutions_run_as_matrix_products_only_when_compiled_for_the_cp
     compiled = torch.compile(model, backend="eager", dynamic=False)(x)  # only the tracing decides
     assert calls == [(7, 7), (4, 4)]  # the inputs of the two convolutions with at most 16 output positions
     torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not onednn.AVAILABLE, reason="this torch has no oneDNN")
+def test_every_omniglot_convolution_runs_as_a_matrix_product_in_one_task_s_float32_code(matmul_calls):
+    calls = matmul_calls
+    torch.manual_seed(0)
+    model = OmniglotCNN(5)
+    x = torch.rand(4, 1, 28, 28)
+    torch.compile(model, backend="eager", dynamic=False)(x)
+    assert calls == [(7, 7), (4, 4)]  # not marked as one task's: as in float64
+    calls.clear()
+    torch._dynamo.reset()
+    onednn.one_task(torch.compile(model, backend="eager", dynamic=False))(x)
+    assert calls == [(28, 28), (14, 14), (7, 7), (4, 4)]  # at most 196 outputs: all four
 
 
 def test_conv_matmul_computes_every_convolution_as_a_matrix_product(matmul_calls):
