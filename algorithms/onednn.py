@@ -108,8 +108,15 @@ def _make_pass():
     class OneDnnProducts(CustomGraphPass):
         """Each float32 CPU `mm(a, b)` and `addmm(bias, a, b)` (alpha = beta = 1) of at
         least MIN_PRODUCT multiply-adds becomes `onednn_linear(a, b.T)`, plus the bias.
-        The bias is added outside oneDNN, which reads a broadcast bias wrongly; Inductor
-        fuses that addition into the kernel after it."""
+
+        - The bias is added outside oneDNN, which reads a broadcast bias wrongly. Inductor
+          fuses that addition into the kernel after it.
+        - A transposed `a` (a weight gradient's output gradient) is copied in row order by
+          Inductor's code, which often fuses the copy into the kernel that makes `a`.
+          oneDNN would otherwise copy it through torch's slower copy, about 20 us a call.
+          On the Omniglot CNN's compiled Reptile step this ran 1.03x faster with one
+          thread and 1.05x with two. Copying `b` too ran slower: oneDNN reads a
+          transposed weight as it is."""
 
         def __call__(self, graph: torch.fx.Graph) -> None:
             aten = torch.ops.aten
@@ -125,6 +132,10 @@ def _make_pass():
                 if not _wanted(a, b, node):
                     continue
                 with graph.inserting_before(node):
+                    if not a.meta["val"].is_contiguous():
+                        a_val = a.meta["val"]
+                        a = graph.call_function(aten.clone.default, (a,), {"memory_format": torch.contiguous_format})
+                        a.meta["val"] = a_val.clone(memory_format=torch.contiguous_format)
                     w = graph.call_function(aten.permute.default, (b, [1, 0]))
                     w.meta["val"] = b.meta["val"].permute(1, 0)
                     new = graph.call_function(torch.ops.bench.onednn_linear.default, (a, w))
