@@ -242,6 +242,9 @@ def compile_fn(fn, *, one_task: bool = False):
     to 8% faster with it on a 2-core CPU, in two measurements) and, where this torch can,
     compiled ahead of its calls and checked by a comparison of its own (`Precompiled`);
     elsewhere (CUDA, an older torch) checked by Dynamo's guards (`_dynamo_compiled`).
+    On the CPU its large float32 matrix products run on oneDNN (`cpu_options`).
+    `one_task` says that fn computes one task, outside every vmap: its traces then
+    compute the convolutions as such products (`algorithms.onednn.one_task`).
 
     Each call of compile_fn keeps its compiled code apart: the suite makes one per run
     (`_compiled_step`, `_compiled_task`, `bench.runner._executed`,
