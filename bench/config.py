@@ -158,10 +158,11 @@ class Config:
     the convolutions with small outputs as matrix products over the image patches
     (`bench.models.Conv2d`): in float32 code that computes one task (the serial paths'
     steps and tasks, evaluation one task at a time), every convolution of the Omniglot
-    CNN, whose products oneDNN then computes (`algorithms.onednn`); elsewhere its last
-    two. Evaluation compiles its inner step over a chunk of test tasks
-    (vmapped; on the CPU with channels_last, one task's) and their scoring, once per run
-    (`bench.evaluate`)."""
+    CNN (strided, at most 196 outputs), whose products oneDNN then computes
+    (`algorithms.onednn`); elsewhere its last two (at most 16 outputs). The Mini-ImageNet
+    CNN's convolutions (stride 1) stay the library's. Evaluation compiles its inner step
+    over a chunk of test tasks (vmapped; on the CPU with channels_last, one task's) and
+    their scoring, once per run (`bench.evaluate`)."""
     cuda_graph: bool
     """Record each meta-iteration's computation as a CUDA graph once and replay it
     (`bench.graphs`): one launch instead of hundreds of small kernel launches from

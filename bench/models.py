@@ -68,13 +68,18 @@ class Conv2d(nn.Conv2d):
 
     - In float32, where oneDNN is built in, in code that computes one task
       (`algorithms.onednn.unbatched`: the compiled steps of the serial paths and of
-      evaluation one task at a time), outputs of at most ONEDNN_OUTPUT positions per
-      image (every convolution of the Omniglot CNN). Their products then run as
-      oneDNN's inner product (`algorithms.onednn`), about twice MKL's rate on the 2-core
-      AMD CPU. A compiled Reptile step of the Omniglot CNN (channels-last, medians of 20
-      interleaved rounds) ran 1.16x faster with one thread and 1.10x with two than with
-      only the last two convolutions as products. Sending only the last three gave 1.10x
-      and 1.06x.
+      evaluation one task at a time): the strided convolutions' outputs of at most
+      ONEDNN_OUTPUT positions per image, which is every convolution of the Omniglot CNN.
+      Their products then run as oneDNN's inner product (`algorithms.onednn`), about
+      twice MKL's rate on the 2-core AMD CPU.
+      - The compiled channels-last Reptile meta-iteration ran 1.16x faster with two
+        threads and 1.20x with one than with the rule below. That is medians of 20
+        interleaved rounds.
+      - Keeping oneDNN's convolution for the second layer made it 5% slower, and for
+        the first, 4% slower.
+      - A stride-1 convolution's patches are 9 times its input. The Mini-ImageNet CNN's
+        fourth convolution (10 x 10 outputs) made its compiled step 2 to 3% slower as
+        a product, so stride-1 convolutions keep the rule below.
     - Otherwise, outputs of at most SMALL_OUTPUT positions, where the product is MKL's.
       On a 2-core CPU (medians of 40 interleaved rounds, channels-last, batch 10), a
       compiled forward and backward of the Omniglot CNN's third convolution (7x7 -> 4x4)
@@ -105,7 +110,7 @@ class Conv2d(nn.Conv2d):
             return False
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         oh, ow = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
-        onednn = x.dtype == torch.float32 and onednn_products.unbatched()
+        onednn = x.dtype == torch.float32 and onednn_products.unbatched() and (sh, sw) != (1, 1)
         return oh * ow <= (ONEDNN_OUTPUT if onednn else SMALL_OUTPUT)
 
 

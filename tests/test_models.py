@@ -107,6 +107,10 @@ def test_every_omniglot_convolution_runs_as_a_matrix_product_in_one_task_s_float
     torch._dynamo.reset()
     onednn.one_task(torch.compile(model, backend="eager", dynamic=False))(x)
     assert calls == [(28, 28), (14, 14), (7, 7), (4, 4)]  # at most 196 outputs: all four
+    calls.clear()
+    torch._dynamo.reset()
+    onednn.one_task(torch.compile(MiniImageNetCNN(5), backend="eager", dynamic=False))(torch.rand(2, 3, 84, 84))
+    assert calls == []  # stride 1 (the fourth has 10 x 10 outputs): the library's convolutions
 
 
 def test_conv_matmul_computes_every_convolution_as_a_matrix_product(matmul_calls):
