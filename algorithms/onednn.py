@@ -140,8 +140,7 @@ def _make_pass():
                     new = graph.call_function(torch.ops.bench.onednn_linear.default, (a, w))
                     new.meta.update(node.meta)
                     if bias is not None:
-                        product, new = new, graph.call_function(aten.add.Tensor, (new, bias))
-                        product.meta["val"] = node.meta["val"]
+                        new = graph.call_function(aten.add.Tensor, (new, bias))
                         new.meta.update(node.meta)
                 node.replace_all_uses_with(new)
                 graph.erase_node(node)

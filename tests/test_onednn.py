@@ -32,16 +32,20 @@ def cnn_step():
     return partial(inner._step, task_loss(model, cfg), InnerOptimizer("sgd", 0.1)), params, x, torch.arange(10) % 5
 
 
+def plain_and_compiled(step, params, x, y, one_task: bool):
+    """The plain step's output, the compiled step's (second call) and its oneDNN calls."""
+    plain = step(params, {}, x, y)
+    compiled = inner.compile_fn(step, one_task=one_task)
+    compiled(params, {}, x, y)
+    return plain, *onednn_calls(compiled, params, {}, x, y)
+
+
 @pytest.mark.parametrize("one_task, calls", [
     (True, 4 + 4 + 3),   # every convolution: forward, weight gradient, input gradient (not the image's)
     (False, 2 + 2 + 2),  # the last two (at most 16 outputs), whose products are large enough
 ])
 def test_compiled_float32_steps_give_their_convolutions_products_to_onednn(cnn_step, one_task, calls):
-    step, params, x, y = cnn_step
-    plain = step(params, {}, x, y)
-    compiled = inner.compile_fn(step, one_task=one_task)
-    compiled(params, {}, x, y)
-    fast, seen = onednn_calls(compiled, params, {}, x, y)
+    plain, fast, seen = plain_and_compiled(*cnn_step, one_task=one_task)
     assert seen == calls
     assert fast[2] == pytest.approx(plain[2].item(), rel=1e-6)  # the loss
     for k in plain[0].keys() - BEFORE_NORM:  # the stepped parameters, within float32 rounding
@@ -51,10 +55,7 @@ def test_compiled_float32_steps_give_their_convolutions_products_to_onednn(cnn_s
 def test_float64_products_stay_with_torch(cnn_step):
     step, params, x, y = cnn_step
     wide = {k: v.double() for k, v in params.items()}
-    plain = step(wide, {}, x.double(), y)
-    compiled = inner.compile_fn(step, one_task=True)
-    compiled(wide, {}, x.double(), y)
-    fast, seen = onednn_calls(compiled, wide, {}, x.double(), y)
+    plain, fast, seen = plain_and_compiled(step, wide, x.double(), y, one_task=True)
     assert seen == 0  # oneDNN has no float64 product
     for k in plain[0].keys() - BEFORE_NORM:
         torch.testing.assert_close(fast[0][k], plain[0][k], rtol=1e-9, atol=1e-12, msg=k)
