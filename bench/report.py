@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -92,6 +93,42 @@ def method_order(runs: list[Run]) -> list[str]:
     return [m for _, m in sorted({(r.method_key, r.method) for r in runs})]
 
 
+@dataclass(frozen=True)
+class Section:
+    """A preset's section of the report: all its runs, or, where they were made at more than one
+    scale, those of one scale (runs of different lengths are never averaged together)."""
+
+    title: str
+    preset: str
+    key: str
+    """The figures' file names: the preset, with the scale where the preset has several."""
+    runs: list[Run]
+
+
+def sections(runs: list[Run]) -> list[Section]:
+    """The runs by preset (in the README's order) and, within a preset made at several scales
+    (meta-iterations, test tasks), by scale, the longest first."""
+    by_preset: dict[str, list[Run]] = {}
+    for r in sorted(runs, key=lambda r: preset_rank(r.preset)):  # stable: keeps method and seed order
+        by_preset.setdefault(r.preset, []).append(r)
+    out = []
+    for preset, runs_p in by_preset.items():
+        scales = sorted({r.scale for r in runs_p}, reverse=True)
+        if len(scales) == 1:
+            out.append(Section(preset, preset, preset, runs_p))
+            continue
+        for iters, tasks in scales:
+            out.append(Section(f"{preset} at {count(iters)} meta-iterations, {count(tasks)} test tasks", preset,
+                               f"{preset}-{iters}-iters-{tasks}-tasks",
+                               [r for r in runs_p if r.scale == (iters, tasks)]))
+    return out
+
+
+def anchor(title: str) -> str:
+    """The link target a Markdown renderer gives a heading (GitHub's rule)."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
 # --- scale: reduced runs must not pass for reproductions -----------------------------
 
 
@@ -141,12 +178,13 @@ def _written(paths: list[Path], out_dir: Path, progress: bool) -> None:
         print("wrote " + ", ".join(p.relative_to(out_dir).as_posix() for p in paths), flush=True)
 
 
-def _curves_section(preset: str, runs: list[Run], fin: pd.DataFrame, out_dir: Path, progress: bool) -> list[str]:
+def _curves_section(section: Section, fin: pd.DataFrame, out_dir: Path, progress: bool) -> list[str]:
+    runs, preset = section.runs, section.preset
     split, metric = curve_split(runs), runs[0].metric
     df = curves([r for r in runs if r.metric == metric], split, metric)
     if df.empty:
         return [f"No {split} {metric} evaluations in these runs' metrics.csv (eval_every = 0?): no learning curves."]
-    stem = out_dir / "figures" / f"{slug(preset)}-curves"
+    stem = out_dir / "figures" / f"{slug(section.key)}-curves"
     title = f"{preset}: {metric_label(metric, split)}\n{scale_note(fin)}"
     _written(figures.learning_curves(df, method_order(runs), metric_label(metric, split), title, stem),
              out_dir, progress)
@@ -242,11 +280,11 @@ def _significance(fin: pd.DataFrame, order: list[str]) -> list[str]:
             md_table(["method A", "method B", "seeds A / B", "mean A - B", "t", "p", f"p < {ALPHA}"], rows)]
 
 
-def _preset_section(preset: str, runs: list[Run], fin: pd.DataFrame, out_dir: Path, progress: bool) -> list[str]:
-    order = method_order(runs)
-    return [f"## {preset}", "", f"Scale: {scale_note(fin)}.", "",
-            *_curves_section(preset, runs, fin, out_dir, progress), "",
-            "### Results", "", *_results_table(preset, fin, order), "",
+def _preset_section(section: Section, fin: pd.DataFrame, out_dir: Path, progress: bool) -> list[str]:
+    order = method_order(section.runs)
+    return [f"## {section.title}", "", f"Scale: {scale_note(fin)}.", "",
+            *_curves_section(section, fin, out_dir, progress), "",
+            "### Results", "", *_results_table(section.preset, fin, order), "",
             "### Significance", "", *_significance(fin, order), ""]
 
 
@@ -262,6 +300,9 @@ def _paper_tables_section(fin: pd.DataFrame) -> list[str]:
         for method, preset, algo, transductive in published.table_runs(name):
             setting = preset.split("-")[1]
             runs = fin[(fin["preset"] == preset) & (fin["algo"] == algo) & (fin["transductive"] == transductive)]
+            if len(runs):  # the longest runs, where the row was run at several scales
+                longest = max(zip(runs["meta_iters"], runs["eval_tasks"]))
+                runs = runs[(runs["meta_iters"] == longest[0]) & (runs["eval_tasks"] == longest[1])]
             paper = published.find(table.source, table.dataset, setting, method)
             ours = "—"
             if len(runs):
@@ -279,7 +320,8 @@ def _paper_tables_section(fin: pd.DataFrame) -> list[str]:
         rows = [[row.method, *[cells[row.method, s] for s in table.settings]] for row in published.TABLE_ROWS]
         lines += [f"**{table.source}** (`python -m bench reproduce --table {name}`). Each cell: this suite's "
                   "accuracy (%), mean ± std over seeds, then the published number as printed; **reduced**: fewer "
-                  "meta-iterations or test tasks than the paper (the preset's section gives the scale).", "",
+                  "meta-iterations or test tasks than the paper (the preset's section gives the scale). Where a "
+                  "row was run at several scales, the cell holds the longest runs.", "",
                   md_table(header, rows), ""]
     return lines
 
@@ -331,11 +373,10 @@ def _variance_frame(runs: list[Run]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _variance_section(by_preset: dict[str, list[Run]], out_dir: Path, progress: bool,
-                      fin: pd.DataFrame) -> list[str]:
+def _variance_section(secs: list[Section], out_dir: Path, progress: bool, fin: pd.DataFrame) -> list[str]:
     head = ["## Meta-gradient variance", ""]
-    with_var = {p: [r for r in rs if r.variance is not None] for p, rs in by_preset.items()}
-    with_var = {p: rs for p, rs in with_var.items() if rs}
+    with_var = [(sec, [r for r in sec.runs if r.variance is not None]) for sec in secs]
+    with_var = [(sec, rs) for sec, rs in with_var if rs]
     if not with_var:
         return head + [f"No run folder holds a usable `{VARIANCE_FILE}`. Produce one with "
                        "`python -m bench variance <results>/<preset>/<method>/seed<k>` on a run that kept "
@@ -344,23 +385,23 @@ def _variance_section(by_preset: dict[str, list[Run]], out_dir: Path, progress: 
     lines = head + ["Mean norm, variance and signal-to-noise ratio of the meta-gradient against "
                     "meta-iteration (mean over seeds, 95% t-interval band), beside the standard deviation "
                     "of the learning curves over seeds at each step (methods with ≥2 seeds).", ""]
-    for preset, runs in with_var.items():
-        all_runs = by_preset[preset]
+    for sec, runs in with_var:
+        all_runs = sec.runs
         var = _variance_frame(runs)
         split, metric = curve_split(all_runs), all_runs[0].metric
         std = seed_std(curves([r for r in all_runs if r.metric == metric], split, metric))
         order = list(dict.fromkeys(method_order(all_runs) + sorted(set(var["method"]))))
-        stem = out_dir / "figures" / f"{slug(preset)}-variance"
-        title = f"{preset}: meta-gradient statistics\n{scale_note(fin[fin['preset'] == preset])}"
+        stem = out_dir / "figures" / f"{slug(sec.key)}-variance"
+        title = f"{sec.preset}: meta-gradient statistics\n{scale_note(fin[fin['section'] == sec.title])}"
         _written(figures.variance(var, std, order, metric_label(metric, split), title, stem), out_dir, progress)
-        lines += [f"### {preset}", "", _figure_md(stem, out_dir, f"{preset} variance"), ""]
+        lines += [f"### {sec.title}", "", _figure_md(stem, out_dir, f"{sec.title} variance"), ""]
     return lines
 
 
-def _sine_section(by_preset: dict[str, list[Run]], out_dir: Path, progress: bool, fin: pd.DataFrame) -> list[str]:
+def _sine_section(secs: list[Section], out_dir: Path, progress: bool, fin: pd.DataFrame) -> list[str]:
     head = ["## Sine-wave predictions", ""]
-    found = {p: [r for r in rs if r.sine is not None] for p, rs in by_preset.items()}
-    found = {p: rs for p, rs in found.items() if rs}
+    found = [(sec, [r for r in sec.runs if r.sine is not None]) for sec in secs]
+    found = [(sec, rs) for sec, rs in found if rs]
     if not found:
         return head + [f"No run folder holds a usable `{SINE_FILE}` (columns kind, steps, x, y). "
                        "Produce the sine runs with `python -m bench run --algo reptile --preset sine` and "
@@ -369,16 +410,16 @@ def _sine_section(by_preset: dict[str, list[Run]], out_dir: Path, progress: bool
     lines = head + ["One test task per method (the lowest seed with predictions): the true function, the "
                     "support points it is fine-tuned on, and the prediction after each number of inner steps. "
                     "Joint training is expected to stay near f(x) = 0 (PAPERS.md section 6).", ""]
-    for preset, runs in found.items():
+    for sec, runs in found:
         panels, seen = [], set()
         for r in runs:  # runs are sorted by method, then seed: the first of each method
             if r.method not in seen:
                 seen.add(r.method)
                 panels.append((f"{r.method} (seed {r.seed})", r.sine))
-        stem = out_dir / "figures" / f"{slug(preset)}-sine"
-        title = f"{preset}: predictions on one test task\n{scale_note(fin[fin['preset'] == preset])}"
+        stem = out_dir / "figures" / f"{slug(sec.key)}-sine"
+        title = f"{sec.preset}: predictions on one test task\n{scale_note(fin[fin['section'] == sec.title])}"
         _written(figures.sine_predictions(panels, title, stem), out_dir, progress)
-        lines += [f"### {preset}", "", _figure_md(stem, out_dir, f"{preset} sine predictions"), ""]
+        lines += [f"### {sec.title}", "", _figure_md(stem, out_dir, f"{sec.title} sine predictions"), ""]
     return lines
 
 
@@ -460,8 +501,8 @@ def _settings_section(runs: list[Run]) -> list[str]:
     extra += ["eval_protocol"] if any("eval_protocol" in r.config for r in runs) else []
     extra += ["algo_settings"] if any(r.config.get("algo_settings") for r in runs) else []
     groups: dict[tuple, list[Run]] = {}
-    for r in runs:
-        groups.setdefault((r.preset, r.method), []).append(r)
+    for r in (r for sec in sections(runs) for r in sec.runs):  # in the sections' order, each scale apart
+        groups.setdefault((r.preset, r.scale, r.method), []).append(r)
 
     def setting(r: Run, key: str):
         if key == "meta_grads" and r.algo != "gradsum":  # means nothing to the other algorithms
@@ -474,7 +515,7 @@ def _settings_section(runs: list[Run]) -> list[str]:
             return ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "none"
         return value
     rows = []
-    for (preset, method), rs in groups.items():
+    for (preset, _, method), rs in groups.items():
         overrides = distinct(", ".join(f"{k}={v}" for k, v in sorted((r.config.get("overrides") or {}).items()))
                              or "none" for r in rs)
         rows.append([preset, method, ", ".join(str(r.seed) for r in rs),
@@ -526,9 +567,8 @@ def build_report(results_dir, out_dir, *, progress: bool = True) -> Path:
         raise no_runs_error(results_dir, skipped)
     out_dir.mkdir(parents=True, exist_ok=True)
     fin = finals(runs)
-    by_preset: dict[str, list[Run]] = {}
-    for r in sorted(runs, key=lambda r: preset_rank(r.preset)):  # stable: keeps method and seed order
-        by_preset.setdefault(r.preset, []).append(r)
+    secs = sections(runs)
+    fin["section"] = fin["path"].map({r.path: sec.title for sec in secs for r in sec.runs})
 
     lines = ["# Benchmark report: Reptile and the MAML family", "",
              f"{TIMESTAMP_PREFIX}{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC", "",
@@ -539,15 +579,15 @@ def build_report(results_dir, out_dir, *, progress: bool = True) -> Path:
              "runs shorter, or evaluated on fewer test tasks, than the paper's setting are marked "
              "**reduced** and are not reproductions of the published numbers.", "",
              "## Contents", "",
-             *[f"- [{p}](#{p.lower()})" for p in by_preset],
+             *[f"- [{sec.title}](#{anchor(sec.title)})" for sec in secs],
              "- Paper tables, gradient combinations, meta-gradient variance, sine-wave predictions, cost per "
              "meta-iteration, settings, environment, skipped runs", ""]
-    for preset, runs_p in by_preset.items():
-        lines += _preset_section(preset, runs_p, fin[fin["preset"] == preset], out_dir, progress)
+    for sec in secs:
+        lines += _preset_section(sec, fin[fin["section"] == sec.title], out_dir, progress)
     lines += _paper_tables_section(fin)
     lines += _gradsum_section(runs, fin, out_dir, progress)
-    lines += _variance_section(by_preset, out_dir, progress, fin)
-    lines += _sine_section(by_preset, out_dir, progress, fin)
+    lines += _variance_section(secs, out_dir, progress, fin)
+    lines += _sine_section(secs, out_dir, progress, fin)
     lines += _cost_section(results_dir)
     lines += _settings_section(runs)
     lines += _environment_section(runs)

@@ -79,6 +79,13 @@ class Run:
     def method_key(self) -> tuple:
         return method_sort_key(self.algo, self.config)
 
+    @property
+    def scale(self) -> tuple[int, int]:
+        """(meta-iterations, test tasks): the run's length and the size of its final evaluation."""
+        iters, tasks = self.final.get("meta_iters"), self.config.get("eval_tasks")
+        return (int(iters if _is_number(iters) else self.config["meta_iters"]),
+                int(tasks if _is_number(tasks) else self.final["tasks"]))
+
 
 @dataclass(frozen=True)
 class Skipped:
@@ -303,14 +310,13 @@ def finals(runs: list[Run]) -> pd.DataFrame:
     for r in runs:
         f, own = r.final, r.final.get("own_protocol")
         scale = display_scale(r.metric)
-        row = {"preset": r.preset, "method": r.method, "algo": r.algo, "seed": r.seed, "metric": r.metric,
+        row = {"path": r.path, "preset": r.preset, "method": r.method, "algo": r.algo, "seed": r.seed, "metric": r.metric,
                "value": f["value"] * scale,
                "ci95": f["ci95"] * scale if _is_number(f.get("ci95")) else float("nan"),
                "tasks": f.get("tasks", r.config.get("eval_tasks")),
                "ms_per_meta_iter": f.get("ms_per_meta_iter", float("nan")),
                "transductive": bool(f.get("transductive", r.config.get("transductive", False))),
-               "meta_iters": f.get("meta_iters", r.config.get("meta_iters")),
-               "eval_tasks": r.config.get("eval_tasks", f.get("tasks")),
+               "meta_iters": r.scale[0], "eval_tasks": r.scale[1],
                "interval": f.get("interval"), "device": r.config.get("device")}
         if isinstance(own, dict) and _is_number(own.get("value")):
             own_scale = display_scale(str(own.get("metric", r.metric)))

@@ -235,6 +235,34 @@ def test_paper_tables_are_filled_from_the_runs_of_each_row(tmp_path: Path):
     assert "Table 1: no runs yet" in text
 
 
+def test_a_preset_run_at_two_scales_has_a_section_per_scale(tmp_path: Path):
+    """Runs of one preset and method at different lengths are never averaged together: each
+    scale has its own section (the longest first), and the paper table holds the longest runs."""
+    res = tmp_path / "results"
+    for seed in (0, 1):
+        write_run(res / "short", "omniglot-5w1s", "reptile", seed, level=0.7)
+    write_run(res / "long", "omniglot-5w1s", "reptile", 0, level=0.95, meta_iters=1000,
+              extra_config={"eval_tasks": 10_000})
+    text = build_report(res, tmp_path / "out", progress=False).read_text()
+    long_title = "omniglot-5w1s at 1,000 meta-iterations, 10,000 test tasks"
+    short_title = "omniglot-5w1s at 300 meta-iterations, 50 test tasks"
+    assert text.index(f"## {long_title}") < text.index(f"## {short_title}")
+    assert "(#omniglot-5w1s-at-1000-meta-iterations-10000-test-tasks)" in text
+    long_part = text.split(f"## {long_title}")[1].split("\n## ")[0]
+    short_part = text.split(f"## {short_title}")[1].split("\n## ")[0]
+    def reptile_row(part: str) -> list[str]:
+        return next(line for line in part.splitlines() if line.startswith("| reptile |")).split(" | ")
+    assert reptile_row(long_part)[1] == "0" and 90 < float(reptile_row(long_part)[2]) < 100
+    assert reptile_row(short_part)[1] == "0, 1" and 65 < float(reptile_row(short_part)[2]) < 75
+    for key in ("omniglot-5w1s-1000-iters-10000-tasks", "omniglot-5w1s-300-iters-50-tasks"):
+        assert (tmp_path / "out" / "figures" / f"{key}-curves.png").stat().st_size > 0
+    table = text.split("## Paper tables")[1].split("\n## ")[0]
+    reptile = next(line for line in table.splitlines() if line.startswith("| Reptile |"))
+    assert 90 < float(reptile.split(" | ")[1].split()[0]) < 100 and "(1 seed, **reduced**) / 95.39" in reptile
+    settings = text.split("## Settings of each run")[1].split("\n## ")[0]
+    assert sum(line.startswith("| omniglot-5w1s | reptile |") for line in settings.splitlines()) == 2
+
+
 def test_cost_section_shows_each_device_s_speed_table(tmp_path: Path):
     res = make_results(tmp_path / "results", full=False)
     report = build_report(res, tmp_path / "out", progress=False).read_text()
