@@ -495,14 +495,16 @@ def _evaluation_cost(results_dir: Path) -> list[str]:
     return lines
 
 
-def _settings_section(runs: list[Run]) -> list[str]:
+def _settings_section(secs: list[Section]) -> list[str]:
     """The key settings per method (distinct values across seeds joined by "/") and overrides."""
+    runs = [r for sec in secs for r in sec.runs]
     extra = ["meta_grads"] if any(r.algo == "gradsum" for r in runs) else []
     extra += ["eval_protocol"] if any("eval_protocol" in r.config for r in runs) else []
     extra += ["algo_settings"] if any(r.config.get("algo_settings") for r in runs) else []
     groups: dict[tuple, list[Run]] = {}
-    for r in (r for sec in sections(runs) for r in sec.runs):  # in the sections' order, each scale apart
-        groups.setdefault((r.preset, r.scale, r.method), []).append(r)
+    for sec in secs:  # in the sections' order, each scale apart
+        for r in sec.runs:
+            groups.setdefault((sec.title, r.method), []).append(r)
 
     def setting(r: Run, key: str):
         if key == "meta_grads" and r.algo != "gradsum":  # means nothing to the other algorithms
@@ -515,10 +517,10 @@ def _settings_section(runs: list[Run]) -> list[str]:
             return ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "none"
         return value
     rows = []
-    for (preset, _, method), rs in groups.items():
+    for (_, method), rs in groups.items():
         overrides = distinct(", ".join(f"{k}={v}" for k, v in sorted((r.config.get("overrides") or {}).items()))
                              or "none" for r in rs)
-        rows.append([preset, method, ", ".join(str(r.seed) for r in rs),
+        rows.append([rs[0].preset, method, ", ".join(str(r.seed) for r in rs),
                      *(distinct(setting(r, k) for r in rs) for k in (*SETTINGS, *extra)), overrides])
     return ["## Settings of each run", "",
             "Every other setting is the preset's (`python -m bench presets`; each run's config.json holds all).", "",
@@ -589,7 +591,7 @@ def build_report(results_dir, out_dir, *, progress: bool = True) -> Path:
     lines += _variance_section(secs, out_dir, progress, fin)
     lines += _sine_section(secs, out_dir, progress, fin)
     lines += _cost_section(results_dir)
-    lines += _settings_section(runs)
+    lines += _settings_section(secs)
     lines += _environment_section(runs)
     lines += _skipped_section(skipped, runs)
     report = out_dir / "REPORT.md"
