@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from . import check, demo, memory, report, reproduce, speed, sweep, variance
+from . import check, demo, memory, reevaluate, report, reproduce, speed, sweep, variance
 from .config import available_presets, load_config, parse_overrides, preset_values
 from .errors import BenchError
 
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the presets and their key settings")
     check.add_parser(sub)
     demo.add_parser(sub)
+    reevaluate.add_parser(sub)
     memory.add_parser(sub)
     report.add_parser(sub)
     reproduce.add_parser(sub)
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             _presets()
             return 0
         commands = {"memory": memory.main_memory, "report": report.main_report, "check": check.main_check,
-                    "demo": demo.main_demo, "sweep": sweep.main_sweep, "reproduce": reproduce.main_reproduce,
+                    "demo": demo.main_demo, "evaluate": reevaluate.main_evaluate,
+                    "sweep": sweep.main_sweep, "reproduce": reproduce.main_reproduce,
                     "speed": speed.main_speed, "variance": variance.main_variance}
         if args.command in commands:
             return commands[args.command](args)

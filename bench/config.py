@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import sys
 from dataclasses import dataclass, fields
 from importlib import resources
+from pathlib import Path
 from typing import Any, get_type_hints
 
 from .errors import ConfigError
@@ -345,3 +347,21 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
         parse_value(key.strip(), value.strip())  # fail early on unknown keys and bad types
         out[key.strip()] = value.strip()
     return out
+
+
+def saved_config(run: Path, how: str) -> tuple[Config, dict[str, Any]]:
+    """A run folder's settings from its config.json (a setting added since it ran takes
+    its preset's value), validated, and the raw file. `how` ends the error raised for a
+    folder without a readable config.json: what kind of folder to give instead."""
+    try:
+        saved = json.loads((Path(run) / "config.json").read_text())
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{run}: no readable config.json ({e}): {how}") from None
+    values = {k: v for k, v in saved.items() if k in _FIELDS}
+    missing = sorted(set(_FIELDS) - set(values))
+    if missing:
+        base = load_config(saved["preset"]).to_dict()
+        values.update({k: base[k] for k in missing})
+    return validate(Config(**values)), saved

@@ -195,7 +195,17 @@ def _curves_section(section: Section, fin: pd.DataFrame, out_dir: Path, progress
             f"Mean over seeds; the band is the 95% Student-t interval over seeds (none with one seed). "
             f"Points are the periodic evaluations on {every} {split} tasks{last}. Right: against "
             f"meta-training seconds (the mean over seeds at each step), which depend on the device "
-            f"(see Environment)."]
+            f"(see Environment).{_rescored_note(runs)}"]
+
+
+def _rescored_note(runs: list[Run]) -> str:
+    """Which methods are other runs scored again (`bench evaluate`): one point each, the final."""
+    rescored = method_order([r for r in runs if isinstance(r.config.get("evaluated_from"), dict)])
+    if not rescored:
+        return ""
+    return (f" {', '.join(rescored)}: other runs' final initialisations scored again with other "
+            "evaluation settings (`python -m bench evaluate`; their `config.json` names the run), so only "
+            "the final point.")
 
 
 def _note(notes: list[str], text: str) -> str:

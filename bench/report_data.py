@@ -310,8 +310,8 @@ def finals(runs: list[Run]) -> pd.DataFrame:
     for r in runs:
         f, own = r.final, r.final.get("own_protocol")
         scale = display_scale(r.metric)
-        row = {"path": r.path, "preset": r.preset, "method": r.method, "algo": r.algo, "seed": r.seed, "metric": r.metric,
-               "value": f["value"] * scale,
+        row = {"path": r.path, "preset": r.preset, "method": r.method, "algo": r.algo, "seed": r.seed,
+               "metric": r.metric, "value": f["value"] * scale,
                "ci95": f["ci95"] * scale if _is_number(f.get("ci95")) else float("nan"),
                "tasks": f.get("tasks", r.config.get("eval_tasks")),
                "ms_per_meta_iter": f.get("ms_per_meta_iter", float("nan")),

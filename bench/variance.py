@@ -22,7 +22,6 @@ from the same seed, and FOMAML's shared tail is the last of the same minibatches
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -58,27 +57,11 @@ def per_task_updates(algorithm, loss, params, inner_state, episodes, cfg) -> dic
     return {k: torch.stack([g[k] for g in grads]) for k in params}
 
 
+RUN_HINT = "give a run folder written by `python -m bench run` with snapshots (the presets keep 10; --set snapshots=N)"
+
+
 def _bad_run(run: Path, why: str) -> BenchError:
-    return BenchError(f"{run}: {why}: give a run folder written by `python -m bench run` "
-                      "with snapshots (the presets keep 10; --set snapshots=N)")
-
-
-def _run_config(run: Path):
-    """The run's settings from its config.json (a setting added since it ran takes the
-    preset's value) and the raw file."""
-    from .config import Config, load_config, validate
-
-    try:
-        saved = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise _bad_run(run, f"no readable config.json ({e})") from None
-    fields = Config.__dataclass_fields__
-    values = {k: v for k, v in saved.items() if k in fields}
-    missing = sorted(set(fields) - set(values))
-    if missing:
-        base = load_config(saved["preset"]).to_dict()
-        values.update({k: base[k] for k in missing})
-    return validate(Config(**values)), saved
+    return BenchError(f"{run}: {why}: {RUN_HINT}")
 
 
 def measure_run(run: Path, algos: list[str], tasks: int, *, data=None, device=None, seed: int = 0,
@@ -89,13 +72,13 @@ def measure_run(run: Path, algos: list[str], tasks: int, *, data=None, device=No
 
     from algorithms import ALGORITHMS
 
-    from .config import _unknown, algo_settings, available_presets
+    from .config import _unknown, algo_settings, available_presets, saved_config
     from .models import build_model, task_loss
     from .results import write_csv
     from .runner import check_algorithm_settings, resolve_device, train_episodes
     from .tasks import TaskData
 
-    cfg, saved = _run_config(run)
+    cfg, saved = saved_config(run, RUN_HINT)
     for a in algos:
         if a not in ALGORITHMS:
             raise _unknown("algorithm", a, sorted(ALGORITHMS))
