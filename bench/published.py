@@ -162,6 +162,13 @@ def lookup(preset: str, algo: str, transductive: bool = False) -> Published | No
             return find(source, *presets[preset], method) if method else None
     if preset in _MAML_PRESETS and algo == "maml":
         return find(MAML_PAPER, *_MAML_PRESETS[preset], "MAML")
+    if preset in _MAML_PRESETS and algo == "fomaml":
+        # The MAML paper prints first-order MAML for Mini-ImageNet only; the Reptile paper's
+        # tables quote it for Omniglot too (its "FOMAML + transduction" rows).
+        dataset, setting = _MAML_PRESETS[preset]
+        table = REPTILE_T2 if dataset == "omniglot" else REPTILE_T1
+        return (find(MAML_PAPER, dataset, setting, "first-order MAML")
+                or find(table, dataset, setting, "FOMAML + transduction"))
     return None
 
 

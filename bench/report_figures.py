@@ -60,6 +60,10 @@ def _lines(ax, df: pd.DataFrame, x: str, y: str, order: list[str], colors: dict)
         return
     sns.lineplot(data=df, x=x, y=y, hue="method", hue_order=order, palette=colors, errorbar=t_interval,
                  ax=ax, legend=False, marker="o", markersize=3)
+    # A method evaluated once (a run scored again by `bench evaluate`) is one point: drawn larger.
+    for method, rows in df.dropna(subset=[y]).groupby("method"):
+        if rows["step"].nunique() == 1 and method in colors:
+            ax.plot(rows[x].mean(), rows[y].mean(), marker="o", markersize=7, color=colors[method])
 
 
 def _legend(fig: Figure, methods: list[str], colors: dict, title: str = "method",

@@ -190,6 +190,10 @@ def test_published_lookup():
     assert published.lookup("omniglot-5w1s", "reptile", transductive=True).value == 97.68
     assert published.lookup("omniglot-20w5s", "maml").method == "MAML + transduction"
     assert published.lookup("omniglot-5w1s-maml", "maml").source.startswith("MAML paper")
+    fomaml = published.lookup("omniglot-5w1s-maml", "fomaml")  # the Reptile paper quotes it for Omniglot
+    assert (fomaml.value, fomaml.method, fomaml.source) == (98.3, "FOMAML + transduction", published.REPTILE_T2)
+    assert published.lookup("miniimagenet-5w1s-maml", "fomaml").source.startswith("MAML paper")
+    assert published.lookup("miniimagenet-5w1s-maml", "fomaml").value == 48.07
     assert published.lookup("sine", "reptile") is None
     assert "not a paper table" in published.no_number_note("sine", "reptile")
     assert published.full_scale("omniglot-20w1s").meta_iters == 200_000
