@@ -105,3 +105,13 @@ def eval_config(cfg: Config, protocol: Protocol) -> Config:
     if out.inner_optimizer != cfg.inner_optimizer and out.inner_state == "carry":
         out = out.replace(inner_state="reset")
     return out
+
+
+def scored(results: list, evals: list) -> dict[str, Any]:
+    """final.json's evaluation fields: the primary protocol's result (an `EvalResult` per
+    entry of `evals`, the (protocol, evaluation config) pairs), and the own protocol's
+    beside it when there are two."""
+    (primary, pcfg), result = evals[0], results[0]
+    return {**result.summary(), "split": "test", "transductive": pcfg.transductive, "eval_protocol": primary.name,
+            "own_protocol": ({**results[1].summary(), "name": evals[1][0].name,
+                              "transductive": evals[1][1].transductive} if len(evals) > 1 else None)}

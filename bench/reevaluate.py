@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from .config import Config, parse_overrides, parse_value, saved_config, validate
 from .errors import BenchError, ConfigError
-from .protocols import CHOICES, eval_config, protocols
+from .protocols import CHOICES, eval_config, protocols, scored
 from .results import (CHECKPOINT, FINISHED, RunLock, check_writable, clear_run, clear_temporaries, has_run,
                       read_state, run_dir, run_method, write_csv, write_json, write_state)
 
@@ -90,9 +89,9 @@ def reevaluate(run: str | Path, overrides: dict[str, str] | None = None, *, eval
     import torch
 
     from .checkpoint import load_checkpoint
-    from .evaluate import evaluate, sine_predictions
+    from .evaluate import sine_predictions
     from .models import build_model, laid_out
-    from .runner import resolve_device
+    from .runner import final_evaluation, resolve_device
     from .tasks import TaskData, check_sizes
 
     run = Path(run)
@@ -125,12 +124,7 @@ def reevaluate(run: str | Path, overrides: dict[str, str] | None = None, *, eval
                 p.copy_(ckpt["params"][k])
         inner_state = laid_out({k: v.to(dev) for k, v in ckpt["inner_state"].items()}, cfg)
 
-        t0 = time.perf_counter()
-        results = []
-        for _, pcfg in evals:  # every protocol scores the run's own final test tasks
-            sampler = task_data.sampler("test", "final", seed)
-            results.append(evaluate(model, params, inner_state, sampler, pcfg, cfg.eval_tasks))
-        eval_s = time.perf_counter() - t0
+        results, eval_s = final_evaluation(model, params, inner_state, task_data, seed, evals, cfg.eval_tasks)
         sine = (sine_predictions(model, params, inner_state, task_data.sampler("test", "final", seed), evals[0][1])
                 if cfg.task == "sine" else None)
 
@@ -139,16 +133,11 @@ def reevaluate(run: str | Path, overrides: dict[str, str] | None = None, *, eval
         config = {**saved, **typed, "eval_protocol": evals[0][0].describe(),
                   "own_protocol": evals[1][0].describe() if len(evals) > 1 else None,
                   "overrides": {**saved.get("overrides", {}), **(overrides or {})}, "evaluated_from": source}
-        result = results[0]
-        final = {**result.summary(), "split": "test", "transductive": evals[0][1].transductive,
-                 "eval_protocol": evals[0][0].name,
-                 "own_protocol": ({**results[1].summary(), "name": evals[1][0].name,
-                                   "transductive": evals[1][1].transductive} if len(evals) > 1 else None),
-                 "algo": algo, "preset": preset, "seed": seed, "meta_iters": cfg.meta_iters,
+        final = {**scored(results, evals), "algo": algo, "preset": preset, "seed": seed, "meta_iters": cfg.meta_iters,
                  **{k: src_final[k] for k in ("train_seconds", "periodic_eval_seconds", "periodic_eval_last_seconds",
                                               "ms_per_meta_iter", "seeds_together") if k in src_final},
                  "eval_seconds": round(eval_s, 3), "eval_device": dev.type, "evaluated_from": source["run"]}
-        metrics = _metrics(run, cfg.meta_iters, src_final.get("train_seconds", 0.0), result)
+        metrics = _metrics(run, cfg.meta_iters, src_final.get("train_seconds", 0.0), results[0])
     except BaseException:
         lock.release()
         raise

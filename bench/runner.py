@@ -33,7 +33,7 @@ from .errors import BenchError, ConfigError, TrainingDiverged
 from .evaluate import evaluate, evaluate_splits, sine_predictions
 from .graphs import GraphedFunction, check_device
 from .models import build_model, check_layout, laid_out, set_precision, task_loss
-from .protocols import eval_config, protocols
+from .protocols import eval_config, protocols, scored
 from .results import (FAILED, FINISHED, RUNNING, CHECKPOINT, MetricsWriter, RunLock, check_writable, clear_run,
                       clear_temporaries, environment, has_run, read_state, run_dir, run_method,
                       save_checkpoint, write_csv, write_json, write_state)
@@ -350,6 +350,22 @@ def stacked_step_fn(algorithm, loss, cfg: Config):
     return compute
 
 
+def final_evaluation(model, params, inner_state, task_data: TaskData, seed: int, evals: list,
+                     tasks: int) -> tuple[list, float]:
+    """A run's final evaluation: `tasks` test tasks under each of `evals` (the (protocol,
+    evaluation config) pairs), all the same tasks (the same sampler seed); the results in
+    that order, and the seconds taken."""
+    t0 = time.perf_counter()
+    results = []
+    for _, pcfg in evals:
+        if results and pcfg == evals[0][1]:  # the own protocol is the shared one: the same numbers
+            results.append(results[0])
+            continue
+        sampler = task_data.sampler("test", "final", seed)
+        results.append(evaluate(model, params, inner_state, sampler, pcfg, tasks))
+    return results, time.perf_counter() - t0
+
+
 class _Trainee:
     """One run's training state inside a (possibly one-run) group: its weights, outer
     optimizer, inner state, samplers, metrics, checkpoints and snapshots."""
@@ -455,29 +471,16 @@ class _Trainee:
 
     def finish(self, together: int) -> dict[str, Any]:
         """The final evaluation on the test split, final.json and the finished marker."""
-        cfg, (primary, eval_cfg), evals = self.cfg, self.evals[0], self.evals
+        cfg, eval_cfg, evals = self.cfg, self.evals[0][1], self.evals
         try:
-            t0 = time.perf_counter()
-            results_by_protocol = []
-            for _, pcfg in evals:  # every protocol scores the same test tasks (the same sampler seed)
-                if results_by_protocol and pcfg == eval_cfg:  # the own protocol is the shared one: same numbers
-                    results_by_protocol.append(results_by_protocol[0])
-                    continue
-                final_sampler = self.task_data.sampler("test", "final", self.seed)
-                results_by_protocol.append(evaluate(self.model, self.params, self.inner_state, final_sampler, pcfg,
-                                                    cfg.eval_tasks))
-            eval_s = time.perf_counter() - t0
-            result = results_by_protocol[0]
-            self.metrics.write(cfg.meta_iters, self.train_s, "test", result.metric, result.value)
+            results, eval_s = final_evaluation(self.model, self.params, self.inner_state, self.task_data, self.seed,
+                                               evals, cfg.eval_tasks)
+            self.metrics.write(cfg.meta_iters, self.train_s, "test", results[0].metric, results[0].value)
         finally:
             self.metrics.close()
-        final = {**result.summary(), "split": "test", "transductive": eval_cfg.transductive,
-                 "eval_protocol": primary.name,
-                 "own_protocol": ({**results_by_protocol[1].summary(), "name": evals[1][0].name,
-                                   "transductive": evals[1][1].transductive} if len(evals) > 1 else None),
-                 "algo": self.algo, "preset": self.preset, "seed": self.seed, "meta_iters": cfg.meta_iters,
-                 "train_seconds": round(self.train_s, 3), "eval_seconds": round(eval_s, 3),
-                 "periodic_eval_seconds": round(self.periodic_s, 3),
+        final = {**scored(results, evals), "algo": self.algo, "preset": self.preset, "seed": self.seed,
+                 "meta_iters": cfg.meta_iters, "train_seconds": round(self.train_s, 3),
+                 "eval_seconds": round(eval_s, 3), "periodic_eval_seconds": round(self.periodic_s, 3),
                  "periodic_eval_last_seconds": round(self.periodic_last_s, 3),
                  "ms_per_meta_iter": round(1000 * self.train_s / cfg.meta_iters, 3), "seeds_together": together}
         if cfg.task == "sine":  # the Reptile example's figure, for the report
