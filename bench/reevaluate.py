@@ -29,7 +29,7 @@ from typing import Any
 
 from .config import Config, parse_overrides, parse_value, saved_config, validate
 from .errors import BenchError, ConfigError
-from .protocols import CHOICES, eval_config, protocols, scored
+from .protocols import CHOICES, scored
 from .results import (CHECKPOINT, FINISHED, RunLock, check_writable, clear_run, clear_temporaries, has_run,
                       read_state, run_dir, run_method, write_csv, write_json, write_state)
 
@@ -91,15 +91,14 @@ def reevaluate(run: str | Path, overrides: dict[str, str] | None = None, *, eval
     from .checkpoint import load_checkpoint
     from .evaluate import sine_predictions
     from .models import build_model, laid_out
-    from .runner import final_evaluation, resolve_device
-    from .tasks import TaskData, check_sizes
+    from .runner import final_evaluation, preflight, resolve_device
+    from .tasks import TaskData
 
     run = Path(run)
     src_cfg, saved, src_final = source_run(run)
     cfg, typed = evaluation_settings(src_cfg, overrides or {})
     algo, preset, seed = saved["algo"], saved["preset"], int(saved["seed"])
-    evals = [(p, eval_config(cfg, p)) for p in protocols(eval_protocol, algo, cfg)]
-    check_sizes(cfg)
+    evals = preflight(cfg, algo, eval_protocol)  # the checks of `bench run`, and the protocols
     path = target_folder(run, cfg, saved, None if out is None else str(out))
     dev = resolve_device(device)
     lock = RunLock(path)
