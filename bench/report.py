@@ -186,13 +186,15 @@ def _curves_section(section: Section, fin: pd.DataFrame, out_dir: Path, progress
         return [f"No {split} {metric} evaluations in these runs' metrics.csv (eval_every = 0?): no learning curves."]
     stem = out_dir / "figures" / f"{slug(section.key)}-curves"
     title = f"{preset}: {metric_label(metric, split)}\n{scale_note(fin)}"
-    _written(figures.learning_curves(df, method_order(runs), metric_label(metric, split), title, stem),
+    top = 100.0 if metric == "accuracy" else None
+    _written(figures.learning_curves(df, method_order(runs), metric_label(metric, split), title, stem, top),
              out_dir, progress)
     every = distinct(sorted(r.config.get("eval_every_tasks", "?") for r in runs))
     last = ("; the last point of each test curve is the final evaluation on "
             f"{distinct(sorted(fin['eval_tasks']))} test tasks") if split == "test" else ""
     return [_figure_md(stem, out_dir, f"{preset} learning curves"), "",
-            f"Mean over seeds; the band is the 95% Student-t interval over seeds (none with one seed). "
+            f"Mean over seeds; the band is the 95% Student-t interval over seeds (none with one seed"
+            f"{'; the axis ends at 100%, which a band over few seeds can pass' if top else ''}). "
             f"Points are the periodic evaluations on {every} {split} tasks{last}. Right: against "
             f"meta-training seconds (the mean over seeds at each step), which depend on the device "
             f"(see Environment).{_rescored_note(runs)}"]

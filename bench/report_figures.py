@@ -80,7 +80,15 @@ def _drawn(make: Callable[[], tuple[Figure, list]], stem: Path) -> list[Path]:
         return save(fig, stem)
 
 
-def learning_curves(df: pd.DataFrame, order: list[str], ylabel: str, title: str, stem: Path) -> list[Path]:
+def _cap(ax, top: float | None) -> None:
+    """End the y axis at `top` (100 for an accuracy in percent), where a band over few seeds
+    would pass a value the metric cannot take."""
+    if top is not None and ax.get_ylim()[1] > top:
+        ax.set_ylim(top=top + 0.5)
+
+
+def learning_curves(df: pd.DataFrame, order: list[str], ylabel: str, title: str, stem: Path,
+                    top: float | None = None) -> list[Path]:
     """The metric against meta-iterations and against meta-training seconds, side by side."""
     def make() -> Figure:
         fig, axes = _figure(1, 2, 12, 4.2)
@@ -89,6 +97,8 @@ def learning_curves(df: pd.DataFrame, order: list[str], ylabel: str, title: str,
         axes[0, 0].set(xlabel="meta-iteration", ylabel=ylabel)
         _lines(axes[0, 1], df, "wall_s_mean", "value", order, colors)
         axes[0, 1].set(xlabel="meta-training seconds (mean over seeds)", ylabel=ylabel)
+        for ax in axes[0]:
+            _cap(ax, top)
         _legend(fig, [m for m in order if m in set(df["method"])], colors)
         fig.suptitle(title, fontsize=10)
         return fig

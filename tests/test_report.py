@@ -303,3 +303,16 @@ def test_cost_section_shows_each_device_s_speed_table(tmp_path: Path):
     section = report.split("## Cost per meta-iteration")[1].split("\n## ")[0]
     assert "### evaluation, cpu" in section and "torch 2.13.0, 2 thread(s)" in section
     assert "| omniglot-5w1s | compiled | 100 | 81.5 | 40.2 | 1.52 |" in section  # no interval columns
+
+
+def test_an_accuracy_axis_ends_at_100_where_a_two_seed_band_passes_it(tmp_path: Path, monkeypatch):
+    from bench import report_figures
+    drawn = []
+    monkeypatch.setattr(report_figures, "save", lambda fig, stem: drawn.append(fig) or [])
+    df = pd.DataFrame({"method": "reptile", "step": [1000, 1000, 2000, 2000], "seed": [0, 1, 0, 1],
+                       "value": [90.0, 99.0, 93.0, 99.5], "wall_s_mean": [40.0, 40.0, 80.0, 80.0]})
+    for top in (None, 100.0):
+        report_figures.learning_curves(df, ["reptile"], "test accuracy (%)", "t", tmp_path / "c", top)
+    free, capped = ([ax.get_ylim()[1] for ax in fig.axes] for fig in drawn)
+    assert all(t > 101 for t in free)  # the t-interval over two seeds reaches far past 100
+    assert capped == [100.5, 100.5]
