@@ -11,9 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def script(name, *args, env=None, cwd=None):
+def script(name, *args, env=None):
     return subprocess.run(["bash", str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=60)
+                          env={**os.environ, **(env or {})}, timeout=60)
 
 
 @pytest.mark.parametrize("setting, words", [({"COLUMN": "5w2s"}, ["COLUMN=5w2s", "5w1s, 5w5s, 20w1s or 20w5s"]),
