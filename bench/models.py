@@ -41,20 +41,34 @@ convolution has 14 x 14 outputs)."""
 
 
 def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+                   stride: tuple[int, int], padding: tuple[int, int],
+                   default_order: bool | None = None) -> torch.Tensor:
     """F.conv2d(x, weight, bias, stride, padding) (groups 1, dilation 1) as one matrix
     product: every output position's input patch gathered by strided slices of the
     zero-padded input in channels-last order (im2col), times the weight flattened in the
-    same order. Returns NCHW sizes with channels-last strides."""
+    same order. Returns NCHW sizes with channels-last strides, or in the default order
+    where `default_order` (by default off the CPU).
+
+    On CUDA, batch norm cannot take channels-last strides under vmap ("NYI: querying
+    is_contiguous inside of vmap", and in its backward "Tensor.clone(memory_format)
+    inside vmap", torch 2.11), and evaluation adapts its tasks under vmap. There each
+    image's product is the weight times its patches, (out, K) by (K, positions), whose
+    result is the default order with no copy."""
     n, c, h, w = x.shape
     out_ch, _, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     padded = torch.nn.functional.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # N, H, W, C
     taps = [padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] for i in range(kh) for j in range(kw)]
+    kernel = weight.permute(0, 2, 3, 1).reshape(out_ch, kh * kw * c)
+    if x.device.type != "cpu" if default_order is None else default_order:
+        patches = torch.stack(taps, 3).reshape(n, oh * ow, kh * kw * c)
+        y = kernel @ patches.transpose(1, 2)  # N, out, positions
+        if bias is not None:
+            y = y + bias[:, None]
+        return y.view(n, out_ch, oh, ow)
     patches = torch.stack(taps, 3).reshape(n * oh * ow, kh * kw * c)
-    kernel = weight.permute(0, 2, 3, 1).reshape(out_ch, kh * kw * c).t()
-    y = patches @ kernel if bias is None else torch.addmm(bias, patches, kernel)
+    y = patches @ kernel.t() if bias is None else torch.addmm(bias, patches, kernel.t())
     return y.view(n, oh, ow, out_ch).permute(0, 3, 1, 2)
 
 

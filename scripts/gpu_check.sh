@@ -13,6 +13,8 @@
 #                script on a CPU; the projection assumes the preset's evaluation settings)
 #   PYTHON       the Python with torch (default: python3)
 #   SPEED_ALGOS  the algorithms of the speed table (default: reptile,maml, the two the speed targets name)
+#   SPEED_LIMIT  seconds the speed table may take (default 100; on a fresh machine its compiled rows compile
+#                from an empty cache)
 #   STEPS        which steps to run, from tests,speed,evaluation,compiled,runs,seeds (default: the first four;
 #                evaluation: `bench speed --evaluation`, the evaluation protocols plain, with matrix-product
 #                convolutions and in bf16, uncompiled;
@@ -21,7 +23,7 @@
 #                uncompiled; seeds: five seeds trained together; cl, matmul, evalmm and tf32: the
 #                compiled run again with channels_last = true, conv_matmul = true, eval_matmul = true,
 #                or autocast = "tf32", which changes results; cl-evalmm: with channels_last = true and
-#                eval_matmul = true)
+#                eval_matmul = true; cl-evalmm-tf32: those two and autocast = "tf32")
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-/tmp/gpu_check}"
@@ -55,8 +57,8 @@ fi
 #    then 6 rounds, the fewest that give each speed-up its 95% interval: a few seconds more on a GPU
 #    than --quick's 2), the compiled rows of the cases that compile step by step included.
 if want speed; then
-  timeout 100 "$py" -m bench speed --device "$device" --quick --rounds 6 --algos "${SPEED_ALGOS:-reptile,maml}" \
-    --out "$out/speed.csv" > "$out/speed.txt" 2>&1
+  timeout "${SPEED_LIMIT:-100}" "$py" -m bench speed --device "$device" --quick --rounds 6 \
+    --algos "${SPEED_ALGOS:-reptile,maml}" --out "$out/speed.csv" > "$out/speed.txt" 2>&1
   echo "speed exit $?" >> "$out/speed.txt"
 else
   echo "not run (STEPS)" > "$out/speed.txt"
@@ -100,6 +102,8 @@ want matmul && run compiled-graph-matmul 180 "${graph[@]}" --set compile=true --
 want evalmm && run compiled-graph-evalmm 180 "${graph[@]}" --set compile=true --set eval_matmul=true
 want cl-evalmm && run compiled-graph-cl-evalmm 180 "${graph[@]}" --set compile=true --set channels_last=true \
   --set eval_matmul=true
+want cl-evalmm-tf32 && run compiled-graph-cl-evalmm-tf32 180 "${graph[@]}" --set compile=true \
+  --set channels_last=true --set eval_matmul=true --set autocast=tf32
 want tf32 && run compiled-graph-tf32 180 "${graph[@]}" --set compile=true --set autocast=tf32
 want seeds && run seeds 90 "${graph[@]}" --seeds 0-4 --batch-seeds --set eval_tasks=1000
 
@@ -160,7 +164,9 @@ for name, label in (("graph", "serial path (the preset's), CUDA graph"), ("graph
                     ("compiled-graph-matmul", "serial path, compiled and CUDA graph, conv_matmul"),
                     ("compiled-graph-evalmm", "serial path, compiled and CUDA graph, eval_matmul"),
                     ("compiled-graph-cl-evalmm", "serial path, compiled and CUDA graph, channels-last, eval_matmul"),
-                    ("compiled-graph-tf32", "serial path, compiled and CUDA graph, TF32 (changes results)")):
+                    ("compiled-graph-tf32", "serial path, compiled and CUDA graph, TF32 (changes results)"),
+                    ("compiled-graph-cl-evalmm-tf32",
+                     "serial path, compiled and CUDA graph, channels-last, eval_matmul, TF32 (changes results)")):
     if not (out / f"{name}.rc").is_file():
         continue  # not run (STEPS)
     rc = (out / f"{name}.rc").read_text().strip()

@@ -46,13 +46,14 @@ def test_cnn_init_is_glorot_uniform_with_zero_bias():
     assert torch.count_nonzero(conv.bias) == 0
 
 
+@pytest.mark.parametrize("default_order", [False, True])
 @pytest.mark.parametrize("hw,stride,padding,channels_last,bias", [
     (7, 2, 1, True, True),    # the Omniglot CNN's third convolution
     (4, 2, 1, False, True),   # its fourth
     (5, 1, 1, True, False),
     (6, 2, 0, False, True),
 ])
-def test_convolution_as_a_matrix_product_equals_conv2d(hw, stride, padding, channels_last, bias):
+def test_convolution_as_a_matrix_product_equals_conv2d(hw, stride, padding, channels_last, bias, default_order):
     from bench.models import conv_as_matmul
 
     torch.manual_seed(0)
@@ -61,9 +62,11 @@ def test_convolution_as_a_matrix_product_equals_conv2d(hw, stride, padding, chan
     w = torch.randn(6, 4, 3, 3, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
     b = torch.randn(6, dtype=torch.float64).requires_grad_() if bias else None
     leaves = [x, w] + ([b] if bias else [])
-    ours = conv_as_matmul(x, w, b, (stride, stride), (padding, padding))
+    ours = conv_as_matmul(x, w, b, (stride, stride), (padding, padding), default_order)
     theirs = torch.nn.functional.conv2d(x, w, b, stride, padding)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    # the form CUDA takes gives the default order (batch norm under vmap there needs it)
+    assert ours.is_contiguous() == default_order
     g = torch.randn_like(theirs)
     for a, e in zip(torch.autograd.grad(ours, leaves, g), torch.autograd.grad(theirs, leaves, g)):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
