@@ -61,7 +61,9 @@ def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     padded = torch.nn.functional.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # N, H, W, C
     taps = [padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] for i in range(kh) for j in range(kw)]
     kernel = weight.permute(0, 2, 3, 1).reshape(out_ch, kh * kw * c)
-    if x.device.type != "cpu" if default_order is None else default_order:
+    if default_order is None:
+        default_order = x.device.type != "cpu"
+    if default_order:
         patches = torch.stack(taps, 3).reshape(n, oh * ow, kh * kw * c)
         y = kernel @ patches.transpose(1, 2)  # N, out, positions
         if bias is not None:

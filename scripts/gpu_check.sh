@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check: on a machine with a CUDA GPU whose Python has torch, the default steps in about 7 minutes
-# on an H200 (the CUDA tests about 180 s on a fresh machine, the speed table 74 s, a compiled run 114 to
-# 127 s) and 8.3 at most: every step has its own time limit, which a step that runs over reports. They are
-# the CUDA tests, the speed table,
-# the evaluation speed table, timed runs of omniglot-5w1s Reptile with CUDA graphs, compiled and not, and
-# the projected time of the full preset.
+# The GPU check, on a machine with a CUDA GPU whose Python has torch: the CUDA tests, the speed table, the
+# evaluation speed table, timed runs of omniglot-5w1s Reptile with CUDA graphs, compiled and not, and the
+# projected time of the full preset. The default steps take about 7 minutes on an H200 (the CUDA tests about
+# 180 s on a fresh machine, the speed table 74 s, a compiled run 114 to 127 s) and 8.3 at most: every step
+# has its own time limit, which a step that runs over reports.
 # It writes reports/gpu/<card>-<date>.md (and the raw outputs in OUT_DIR).
 #
 # Usage: scripts/gpu_check.sh [OUT_DIR]
