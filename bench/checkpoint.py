@@ -79,7 +79,7 @@ def set_rng_states(states: dict[str, Any], train_sampler, periodic: dict[str, An
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
-EXECUTION_ONLY = ("compile", "cuda_graph", "channels_last", "conv_matmul", "eval_matmul")
+EXECUTION_ONLY = ("compile", "cuda_graph", "channels_last", "conv_matmul", "eval_matmul", "cudnn_benchmark")
 """Settings that change how a meta-iteration is executed, not what it computes (beyond
 float tolerance): a run may be resumed with other values of them (config.json keeps the
 values it started with), and runs made before they existed still resume."""

@@ -194,6 +194,14 @@ class Config:
     library convolutions become grouped ones, as batched matrix products, while
     meta-training keeps the library's convolutions (on CUDA, cuDNN's, channels-last
     where `channels_last` asks for it). The same maths, equal within float tolerance."""
+    cudnn_benchmark: bool
+    """CUDA: let cuDNN time its algorithms for each convolution shape at its first call and
+    keep the fastest (`torch.backends.cudnn.benchmark`) rather than pick one by its
+    heuristics. Meta-training's step calls the same few convolutions of tiny batches
+    100,000 times, whose algorithm decides most of a graphed step's time. cuDNN keeps
+    one plan per convolution shape for the whole process, whichever setting chose it
+    first. Another algorithm may round otherwise: equal to the plain path within float
+    tolerance. No effect on the CPU."""
     autocast: str
     """"off": float32 throughout, on a GPU too (PyTorch's default lets cuDNN convolutions
     use TensorFloat-32, which the suite turns off). "tf32": float32 tensors, but

@@ -9,9 +9,11 @@ test task), a fresh one otherwise. Tasks are adapted `eval_chunk` at a time in o
 batched computation; the result does not depend on the chunk size. With `compile`,
 the inner step that adapts a chunk and the scoring are compiled (`_adapted`, `_scores`),
 and a last chunk smaller than the others is filled up with copies of its last task
-(whose scores are dropped), so that one compilation serves every chunk; on the CPU with
-`channels_last`, the compiled step is one task's, called for each task of the chunk in
-turn (`_one_at_a_time`), where it runs faster than the chunk's under vmap. With
+(whose scores are dropped), so that one compilation serves every chunk; with
+`eval_chunk = 0` every later evaluation of the run keeps the first one's chunk size
+(`_compiled_size`), so that it serves them all. On the CPU with `channels_last`, the
+compiled step is one task's, called for each task of the chunk in turn
+(`_one_at_a_time`), where it runs faster than the chunk's under vmap. With
 `eval_matmul`, the convolutions are matrix products over the image patches, batched over
 the chunk's tasks (`bench.models.convs_as_matmul`), where the library's convolutions
 would be grouped ones.
@@ -155,6 +157,16 @@ def _compiled(model: nn.Module, key: tuple, make, one_task: bool = False):
     return fns[key]
 
 
+def _compiled_size(model: nn.Module, size: int) -> int:
+    """The chunk size of the network's first compiled evaluation, `size` at that first
+    one: with eval_chunk = 0 (by device), every later compiled evaluation of the run
+    adapts its tasks in chunks of that size, whose code is compiled already. A run's
+    final evaluation (10,000 tasks) would otherwise be a second shape to compile after
+    its periodic ones (200 tasks, 100 per split, adapted at once): about 30 s on a GPU,
+    where chunks of 1,000 are the default, for an evaluation that takes seconds."""
+    return vars(model).setdefault("_compiled_evaluation", {}).setdefault("chunk size", size)
+
+
 def eval_chunk(cfg: Config, device: torch.device) -> int:
     """Tasks adapted at once: cfg.eval_chunk, or by device when 0 (25 on the CPU, 1000 on a GPU)."""
     return cfg.eval_chunk or (25 if device.type == "cpu" else 1000)
@@ -174,7 +186,7 @@ def evaluate_splits(model: nn.Module, params: Params, inner_state: State, sample
     split: one chunk of 200 rather than two of 100). Each sampler draws the same tasks as
     alone (drawn in pieces or at once, a sampler's tasks are the same), and every task is
     adapted and scored on its own."""
-    set_precision(cfg.autocast)  # outside compiled code, which cannot read the flags
+    set_precision(cfg.autocast, cfg.cudnn_benchmark)  # outside compiled code, which cannot read the flags
     run_cfg, (cfg, params) = cfg, eval_layout(cfg, params)
     loss = task_loss(model, cfg)
     opt = inner_optimizer(cfg)
@@ -182,6 +194,8 @@ def evaluate_splits(model: nn.Module, params: Params, inner_state: State, sample
     chunk = eval_chunk(cfg, next(iter(params.values())).device)
     total = tasks * len(samplers)
     size = min(chunk, total)  # compiled: every chunk this many tasks, one shape to compile for
+    if cfg.compile and not cfg.eval_chunk:
+        chunk = size = _compiled_size(model, size)
     queue = [[sampler, tasks] for sampler in samplers.values()]  # each sampler and its tasks still to draw
     scores = []
     with torch.no_grad(), convs_as_matmul(model, cfg.eval_matmul):

@@ -254,18 +254,21 @@ def _channels_last_images(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format).permute(0, 3, 1, 2)
 
 
-def set_precision(autocast: str) -> None:
+def set_precision(autocast: str, cudnn_benchmark: bool = False) -> None:
     """TensorFloat-32 on a GPU's convolutions and matrix products only when `autocast` is
     "tf32". PyTorch lets cuDNN use it by default, which rounds float32 convolutions to 10
     bits of mantissa: a GPU run would then differ from the CPU's, and from itself when
     another convolution algorithm is picked (a CUDA graph's, say), far beyond float
-    rounding. The flags are process-wide; every network the suite runs sets them through
-    `forward`, and `bench speed` sets them for the peers' rows too."""
+    rounding. cuDNN times its algorithms only with `cudnn_benchmark` (the setting). The
+    flags are process-wide; every network the suite runs sets them through `forward`,
+    and `bench speed` sets them for the peers' rows too."""
     tf32 = autocast == "tf32"
     if torch.backends.cudnn.allow_tf32 != tf32:
         torch.backends.cudnn.allow_tf32 = tf32
     if torch.backends.cuda.matmul.allow_tf32 != tf32:
         torch.backends.cuda.matmul.allow_tf32 = tf32
+    if torch.backends.cudnn.benchmark != cudnn_benchmark:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, cfg: Config) -> torch.Tensor:
@@ -280,7 +283,7 @@ def forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, 
     are set here, but not while torch.compile traces (the caller of compiled code sets
     them: `bench.runner._executed`)."""
     if not torch.compiler.is_compiling():
-        set_precision(cfg.autocast)
+        set_precision(cfg.autocast, cfg.cudnn_benchmark)
     if cfg.channels_last and x.dim() == 4:
         x = _channels_last_images(x)
     if cfg.autocast != "bf16":

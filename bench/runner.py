@@ -98,7 +98,7 @@ def _executed(fn, cfg: Config, unit: str = "whole"):
     run = GraphedFunction(run) if cfg.cuda_graph else run
 
     def executed(*args):
-        set_precision(cfg.autocast)  # outside compiled code, which cannot read the flags
+        set_precision(cfg.autocast, cfg.cudnn_benchmark)  # outside compiled code, which cannot read the flags
         return run(*args)
     return executed
 

@@ -29,7 +29,12 @@ inner SGD step with alpha 0.4, meta-batch 32, a held-out query), and Reptile on 
   `cuda_graph = true` (the meta-iteration recorded as a CUDA graph once and replayed:
   `bench.graphs`); on CUDA only (`graph-batched` only where the preset's own path is the
   serial one); `compiled-graph`: the preset's own path with both `compile` and
-  `cuda_graph`, on CUDA where `compiled` runs;
+  `cuda_graph`, on CUDA where `compiled` runs; for the CNNs there, `compiled-graph-cl`
+  (serial paths only) and `compiled-graph-matmul`: the same with `channels_last` or
+  `conv_matmul`, candidates for a faster float32 step. (`cudnn_benchmark`, the third,
+  has no row: cuDNN keeps one plan per convolution shape for the whole process,
+  whichever setting chose it first, so a row in this process would run the plans the
+  other rows' heuristics chose; `scripts/gpu_check.sh` times it in a run of its own.)
 - `seeds`: SEEDS (5) runs of the preset's own path trained together (`run --seeds 0-4
   --batch-seeds`: the runs stacked on a leading dimension under vmap); its time is per
   run, the group's divided by 5, and its peak memory the group's;
@@ -102,7 +107,11 @@ PRESETS = {"reptile": ("omniglot-5w1s", "sine"), "fomaml": ("omniglot-5w1s-maml"
            "maml": ("omniglot-5w1s-maml",), "joint": ("omniglot-5w1s",)}
 """Each algorithm's paper settings (and the sine example for Reptile)."""
 IMPLEMENTATIONS = ("batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "serial-compiled-cl",
-                   "bf16", "graph", "graph-batched", "compiled-graph", "seeds", "naive", "learn2learn", "passes")
+                   "bf16", "graph", "graph-batched", "compiled-graph", "compiled-graph-cl", "compiled-graph-matmul",
+                   "seeds", "naive", "learn2learn", "passes")
+GRAPH_VARIANTS = {"compiled-graph": {}, "compiled-graph-cl": {"channels_last": True},
+                  "compiled-graph-matmul": {"conv_matmul": True}}
+"""The rows compiled and replayed from a CUDA graph, and what each sets beyond that."""
 SEEDS = 5
 """Runs trained together in the `seeds` row (its time is per run: the group's divided by SEEDS)."""
 SETTINGS = ("preset", "task", "ways", "shots", "train_shots", "query_shots", "tail", "inner_optimizer",
@@ -175,6 +184,10 @@ def implementations(algo: str, preset: str, learn2learn: bool, compiled: bool | 
             return graph and not cfg.batched
         if impl == "compiled-graph":
             return graph and compiled
+        if impl == "compiled-graph-cl":  # channels-last: the serial paths only on CUDA
+            return graph and compiled and cfg.task != "sine" and not cfg.batched
+        if impl in GRAPH_VARIANTS:
+            return graph and compiled and cfg.task != "sine"
         if impl == "passes":
             return algo in PASSES
         return True
@@ -196,6 +209,8 @@ def _laid_out(cfg, impl: str):
         return cfg.replace(channels_last=True)
     if impl in ("matmul", "compiled-matmul"):
         return cfg.replace(conv_matmul=True)
+    if impl in GRAPH_VARIANTS:
+        return cfg.replace(**GRAPH_VARIANTS[impl])
     return cfg
 
 
@@ -264,7 +279,7 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
         return together
 
     if impl in ("batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "serial-compiled-cl",
-                "bf16", "graph", "graph-batched", "compiled-graph"):
+                "bf16", "graph", "graph-batched", *GRAPH_VARIANTS):
         # the others run the preset's own path (batched or serial); channels_last and conv_matmul
         # are set above
         if impl in ("batched", "serial"):
@@ -279,7 +294,7 @@ def build(algo: str, preset: str, impl: str, device) -> Callable[[], None]:
             cfg = cfg.replace(cuda_graph=True)
         elif impl == "graph-batched":
             cfg = cfg.replace(cuda_graph=True, batched=True)
-        elif impl == "compiled-graph":  # compiled, its kernels replayed from a CUDA graph
+        elif impl in GRAPH_VARIANTS:  # compiled, its kernels replayed from a CUDA graph
             cfg = cfg.replace(compile=True, cuda_graph=True)
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
         compute = meta_step_fn(ALGORITHMS[algo], task_loss(model, cfg), cfg)
@@ -338,27 +353,54 @@ def _synced(fn: Callable[[], None], device) -> Callable[[], None]:
 class Timings(NamedTuple):
     """What `time_all` measured, by (algo, preset, impl): the median seconds per
     meta-iteration over every timed one, how many were timed, the rounds run, the seconds
-    of the first call (compilation included), and each round's median."""
+    of the first call (compilation included), each round's median, and the rows whose
+    first call failed (their error, one line), which were not timed."""
     median: dict
     count: dict
     rounds: int
     first: dict
     by_round: dict
+    failed: dict
+
+
+def _built(keys: list, make: Callable) -> tuple[dict, dict]:
+    """make(key) for each key: the rows built, and the errors of those that could not be."""
+    built, failed = {}, {}
+    for key in keys:
+        try:
+            built[key] = make(key)
+        except Exception as e:  # noqa: BLE001 (reported with the table, and the command fails)
+            failed[key] = _one_line(e)
+    return built, failed
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and its message's first line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = None) -> Timings:
     """Every (algo, preset, impl) of `combos` timed round-robin: `rounds` rounds, or fewer,
     MIN_ROUNDS at least, once the rounds have taken `budget_s` (a slow or busy machine).
     All implementations of a case run the same number of meta-iterations (so they see the
-    same episodes)."""
+    same episodes). A row whose warm-up raises is left out, its error kept (`failed`):
+    one implementation a device cannot run does not cost the others their times."""
     last: dict = {}
     first: dict = {}
+    failed: dict = {}
     for key, fn in combos.items():  # first-call costs: compilation, allocations, kernel selection
-        for _ in range(max(warmup, 1)):
-            t0 = time.perf_counter()
-            fn()
-            last[key] = time.perf_counter() - t0
-            first.setdefault(key, last[key])
+        try:
+            for _ in range(max(warmup, 1)):
+                t0 = time.perf_counter()
+                fn()
+                last[key] = time.perf_counter() - t0
+                first.setdefault(key, last[key])
+        except Exception as e:  # noqa: BLE001 (reported with the table, and the command fails)
+            failed[key] = _one_line(e)
+            last.pop(key, None)
+            first.pop(key, None)
+    combos = {k: fn for k, fn in combos.items() if k not in failed}
     reps = {}
     for key in combos:
         slowest = max(t for k, t in last.items() if k[:2] == key[:2])
@@ -376,7 +418,7 @@ def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = No
         done += 1
     return Timings({k: statistics.median(t for r in ts for t in r) for k, ts in times.items()},
                    {k: sum(map(len, ts)) for k, ts in times.items()}, done, first,
-                   {k: [statistics.median(r) for r in ts] for k, ts in times.items()})
+                   {k: [statistics.median(r) for r in ts] for k, ts in times.items()}, failed)
 
 
 MIN_CI_ROUNDS = 6
@@ -574,8 +616,10 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
     """Every case and implementation of `algos`, timed and measured; returns the CSV rows
     and what the run did: `warmup`, `rounds`, learn2learn's version (None when it is not
     installed), `matmul_n`, the size of the yardstick's matrices, and `matmul_forms`, the
-    trial rates of its forms, the timed one first (`yardstick`). `rounds` replaces the
-    default (or --quick's) and its time budget."""
+    trial rates of its forms, the timed one first (`yardstick`), and `failed`, the rows
+    that could not be built or run, by (algo, preset, impl), with their errors (no row of
+    theirs is returned; the naive rows must run). `rounds` replaces the default (or
+    --quick's) and its time budget."""
     import torch
 
     from .models import set_precision
@@ -590,10 +634,12 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
     with _torch_threads(threads):
         threads = torch.get_num_threads()
         set_precision("off")  # float32 for the peers' rows too (the suite's own set it in forward)
-        combos = {k: _synced(build(*k, device), device) for k in keys}
+        combos, failed = _built(keys, lambda k: _synced(build(*k, device), device))
         product, n, forms = yardstick(device)
         timed = time_all({**combos, YARDSTICK: product}, plan["warmup"], plan["rounds"], plan["budget_s"])
-        peaks = {k: cuda_peak(fn, device) if device.type == "cuda" else cpu_peak(fn) for k, fn in combos.items()}
+        failed.update(timed.failed)
+        keys = [k for k in keys if k not in failed]
+        peaks = {k: cuda_peak(combos[k], device) if device.type == "cuda" else cpu_peak(combos[k]) for k in keys}
         # every case has a naive row: its arithmetic is the case's, whatever implementation does it
         flops = {case: arithmetic(combos[(*case, "naive")]) for case in cases(algos)}
     rate = _matmul_rate(n, timed.median[YARDSTICK])
@@ -617,7 +663,7 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
             **_speedup_columns("speedup_vs_learn2learn", timed.by_round.get(l2l_key), per_round)})
     return [{c: r[c] for c in COLUMNS} for r in rows], {"warmup": plan["warmup"], "rounds": timed.rounds,
                                                         "learn2learn": l2l, "matmul_n": n,
-                                                        "matmul_forms": forms}
+                                                        "matmul_forms": forms, "failed": failed}
 
 
 # Evaluation ------------------------------------------------------------------------
@@ -685,7 +731,8 @@ def measure_evaluation(device, *, tasks: int, quick: bool = False, rounds: int |
                        threads: int | None = None, compiled: bool | None = None, bf16: bool | None = None
                        ) -> tuple[list[dict], dict]:
     """Every evaluation case and implementation, timed round-robin as `measure` times the
-    meta-iterations; returns the CSV rows (ms per test task) and what the run did."""
+    meta-iterations; returns the CSV rows (ms per test task) and what the run did (with
+    `failed`, as `measure`'s; the plain rows must run)."""
     import torch
 
     from .models import set_precision
@@ -697,10 +744,11 @@ def measure_evaluation(device, *, tasks: int, quick: bool = False, rounds: int |
     with _torch_threads(threads):
         threads = torch.get_num_threads()
         set_precision("off")
-        combos = {k: _synced(build_evaluation(*k, device, tasks), device) for k in keys}
+        combos, failed = _built(keys, lambda k: _synced(build_evaluation(*k, device, tasks), device))
         timed = time_all(combos, plan["warmup"], plan["rounds"], plan["budget_s"])
+    failed.update(timed.failed)
     rows = []
-    for algo, preset, impl in keys:
+    for algo, preset, impl in (k for k in keys if k not in failed):
         cfg, chunk = _eval_config(algo, preset, impl, device)
         key, plain = (algo, preset, impl), (algo, preset, "plain")
         t = timed.median[key]
@@ -711,7 +759,7 @@ def measure_evaluation(device, *, tasks: int, quick: bool = False, rounds: int |
                      "timed_evals": timed.count[key], "ms_per_task": round(1000 * t / tasks, 3),
                      "first_call_s": round(timed.first[key], 3),
                      **_speedup_columns("speedup_vs_plain", timed.by_round[plain], timed.by_round[key])})
-    return rows, {"warmup": plan["warmup"], "rounds": timed.rounds}
+    return rows, {"warmup": plan["warmup"], "rounds": timed.rounds, "failed": failed}
 
 
 def speedup_text(row: dict, name: str) -> str:
@@ -805,7 +853,6 @@ def main_speed(args) -> int:
 
     from .errors import ConfigError
     from .peers import MISSING
-    from .results import write_csv
     from .runner import resolve_device
 
     algos = parse_algos(args.algos)
@@ -831,10 +878,7 @@ def main_speed(args) -> int:
     print(_arithmetic_said(rows, run["matmul_n"], run["matmul_forms"]))
     print(table(rows))
     print(MISSING + ": no learn2learn rows" if run["learn2learn"] is None else f"learn2learn {run['learn2learn']}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(out, rows)
-    print(f"wrote {out}")
-    return 0
+    return _written(out, rows, run["failed"])
 
 
 def _arithmetic_said(rows: list[dict], n: int, forms: dict[str, float]) -> str:
@@ -860,8 +904,6 @@ def _intervals_said(rounds: int) -> str:
 def _main_evaluation(args, device) -> int:
     import torch
 
-    from .results import write_csv
-
     tasks = args.tasks or 100
     out = Path(args.out) if args.out else Path("results") / "speed" / "evaluation" / f"{device.type}.csv"
     rows, run = measure_evaluation(device, tasks=tasks, quick=args.quick, rounds=args.rounds,
@@ -870,7 +912,16 @@ def _main_evaluation(args, device) -> int:
           f"of {tasks} test tasks over {run['rounds']} round-robin rounds after {run['warmup']} warm-up, "
           f"per task; {_intervals_said(run['rounds'])}")
     print(eval_table(rows))
+    return _written(out, rows, run["failed"])
+
+
+def _written(out: Path, rows: list[dict], failed: dict) -> int:
+    """The rows that could not be timed said, the others written to `out`; the exit status."""
+    from .results import write_csv
+
+    for (algo, preset, impl), error in failed.items():
+        print(f"not timed: {algo} on {preset}, {impl}: {error}")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, rows)
     print(f"wrote {out}")
-    return 0
+    return 1 if failed else 0

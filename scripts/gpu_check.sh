@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check, on a machine with a CUDA GPU whose Python has torch: the CUDA tests, the speed table, the
-# evaluation speed table, timed runs of omniglot-5w1s Reptile with CUDA graphs, compiled and not, and the
-# projected time of the full preset. The default steps take about 7 minutes on an H200 (the CUDA tests about
-# 180 s on a fresh machine, the speed table 74 s, a compiled run 114 to 127 s) and 8.3 at most: every step
-# has its own time limit, which a step that runs over reports.
+# The GPU check, on a machine with a CUDA GPU whose Python has torch: the CUDA tests, the speed table, timed
+# runs of omniglot-5w1s Reptile with CUDA graphs, compiled and not, and the projected time of the full preset.
+# Every step has its own time limit, which a step that runs over reports; the default steps' limits add up to
+# 9 minutes. Measured on an H200 on 2026-11-28: the CUDA tests about 180 s on a fresh machine, the speed table
+# 74 s, a compiled run 114 to 127 s (since then, not yet timed: a fourth run in one CUDA test, two compiled
+# rows in the speed table, and a final evaluation that no longer compiles a second shape).
 # It writes reports/gpu/<card>-<date>.md (and the raw outputs in OUT_DIR).
 #
 # Usage: scripts/gpu_check.sh [OUT_DIR]
@@ -14,24 +15,24 @@
 #                script on a CPU; the projection assumes the preset's evaluation settings)
 #   PYTHON       the Python with torch (default: python3)
 #   SPEED_ALGOS  the algorithms of the speed table (default: reptile,maml, the two the speed targets name)
-#   SPEED_LIMIT  seconds the speed table may take (default 100; on a fresh machine its compiled rows compile
+#   SPEED_LIMIT  seconds the speed table may take (default 150; on a fresh machine its compiled rows compile
 #                from an empty cache)
-#   STEPS        which steps to run, from tests,speed,evaluation,compiled,runs,seeds (default: the first four;
-#                evaluation: `bench speed --evaluation`, the evaluation protocols plain, with matrix-product
-#                convolutions and in bf16, uncompiled;
-#                compiled: the preset's serial path compiled step by step and replayed from a CUDA
-#                graph, the fastest; runs: the serial path and the batched one with CUDA graphs,
-#                uncompiled; seeds: five seeds trained together; cl, matmul, evalmm and tf32: the
-#                compiled run again with channels_last = true, conv_matmul = true, eval_matmul = true,
-#                or autocast = "tf32", which changes results; cl-evalmm: with channels_last = true and
-#                eval_matmul = true; cl-evalmm-tf32: those two and autocast = "tf32")
+#   STEPS        the steps to run (default: tests,speed,compiled; the compiled variants in the order given):
+#                tests: the CUDA tests; speed: the speed table; evaluation: `bench speed --evaluation`,
+#                the evaluation protocols plain, with matrix-product convolutions and in bf16, uncompiled;
+#                runs: the serial path and the batched one with CUDA graphs, uncompiled; compiled: the
+#                preset's serial path compiled step by step and replayed from a CUDA graph, the fastest;
+#                cl, matmul, evalmm, cudnn and tf32: that compiled run with channels_last = true,
+#                conv_matmul = true, eval_matmul = true, cudnn_benchmark = true or autocast = "tf32"
+#                (which changes results), and the combinations cl-evalmm, evalmm-cudnn, cl-evalmm-cudnn
+#                and cl-evalmm-tf32 (the table VARIANT below); seeds: five seeds trained together.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-/tmp/gpu_check}"
 device="${DEVICE:-cuda}"
 iters="${ITERS:-3000}"
 py="${PYTHON:-python3}"
-steps=",${STEPS:-tests,speed,evaluation,compiled},"
+steps=",${STEPS:-tests,speed,compiled},"
 want() { [[ "$steps" == *",$1,"* ]]; }
 mkdir -p "$out" reports/gpu
 export BENCH_DATA="${BENCH_DATA:-$PWD/.gpu_data}" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -48,7 +49,7 @@ fi
 
 # 1. The CUDA tests (marker `gpu`): CUDA against the CPU, CUDA graphs against the plain path.
 if want tests; then
-  timeout 200 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py > "$out/pytest.txt" 2>&1
+  timeout 240 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py > "$out/pytest.txt" 2>&1
   echo "pytest exit $?" >> "$out/pytest.txt"
 else
   echo "not run (STEPS)" > "$out/pytest.txt"
@@ -58,7 +59,7 @@ fi
 #    then 6 rounds, the fewest that give each speed-up its 95% interval: a few seconds more on a GPU
 #    than --quick's 2), the compiled rows of the cases that compile step by step included.
 if want speed; then
-  timeout "${SPEED_LIMIT:-100}" "$py" -m bench speed --device "$device" --quick --rounds 6 \
+  timeout "${SPEED_LIMIT:-150}" "$py" -m bench speed --device "$device" --quick --rounds 6 \
     --algos "${SPEED_ALGOS:-reptile,maml}" --out "$out/speed.csv" > "$out/speed.txt" 2>&1
   echo "speed exit $?" >> "$out/speed.txt"
 else
@@ -79,10 +80,12 @@ fi
 # 3. Timed runs of omniglot-5w1s Reptile with the preset's own evaluation settings (a
 #    periodic evaluation every 1,000 meta-iterations): the preset's serial path and the
 #    batched path replayed from CUDA graphs (1,000 test tasks), the serial path compiled and
-#    replayed (the preset's 10,000), and five seeds trained together.
+#    replayed (the preset's 10,000) with the settings of each variant asked for, and five
+#    seeds trained together. Each is a process of its own, so cuDNN chooses its plans for it.
 run() {  # name, timeout, then the arguments of `bench run`
   local name=$1 limit=$2; shift 2
   local t0; t0=$(date +%s.%N)
+  echo "$name" >> "$out/runs.txt"
   timeout "$limit" "$py" -m bench run --algo reptile --device "$device" --results "$out/results-$name" \
     --no-progress --set meta_iters="$iters" "$@" ${EXTRA:-} > "$out/$name.json" 2> "$out/$name.err"
   echo "$?" > "$out/$name.rc"
@@ -90,22 +93,34 @@ run() {  # name, timeout, then the arguments of `bench run`
 }
 graph=(--set cuda_graph=true)
 [ "$device" = cuda ] || graph=()
+: > "$out/runs.txt"
 if want runs; then
   run graph 60 "${graph[@]}" --set eval_tasks=1000
   run graph-batched 35 "${graph[@]}" --set batched=true --set eval_tasks=1000
 fi
-# The compiled runs compile the training step once and the evaluation's step and scoring twice (the
-# periodic evaluations' 200 tasks, 100 per split adapted together, and the final one's chunks of 1,000 are
-# two shapes).
-want compiled && run compiled-graph 150 "${graph[@]}" --set compile=true
-want cl && run compiled-graph-cl 180 "${graph[@]}" --set compile=true --set channels_last=true
-want matmul && run compiled-graph-matmul 180 "${graph[@]}" --set compile=true --set conv_matmul=true
-want evalmm && run compiled-graph-evalmm 180 "${graph[@]}" --set compile=true --set eval_matmul=true
-want cl-evalmm && run compiled-graph-cl-evalmm 180 "${graph[@]}" --set compile=true --set channels_last=true \
-  --set eval_matmul=true
-want cl-evalmm-tf32 && run compiled-graph-cl-evalmm-tf32 180 "${graph[@]}" --set compile=true \
-  --set channels_last=true --set eval_matmul=true --set autocast=tf32
-want tf32 && run compiled-graph-tf32 180 "${graph[@]}" --set compile=true --set autocast=tf32
+# The compiled variants: each step's settings beyond compile = true and cuda_graph = true. A compiled run
+# compiles the training step once and the evaluation's step and scoring once (the periodic evaluations'
+# 200 tasks, 100 per split adapted together; the final one reuses their chunk size).
+declare -A VARIANT=(
+  [compiled]=""
+  [cl]="channels_last=true"
+  [matmul]="conv_matmul=true"
+  [evalmm]="eval_matmul=true"
+  [cudnn]="cudnn_benchmark=true"
+  [cl-evalmm]="channels_last=true eval_matmul=true"
+  [evalmm-cudnn]="eval_matmul=true cudnn_benchmark=true"
+  [cl-evalmm-cudnn]="channels_last=true eval_matmul=true cudnn_benchmark=true"
+  [tf32]="autocast=tf32"
+  [cl-evalmm-tf32]="channels_last=true eval_matmul=true autocast=tf32"
+)
+for step in ${steps//,/ }; do
+  [ -n "${VARIANT[$step]+set}" ] || continue
+  name=compiled-graph; limit=150
+  [ "$step" = compiled ] || { name=compiled-graph-$step; limit=180; }
+  settings=()
+  for kv in ${VARIANT[$step]}; do settings+=(--set "$kv"); done
+  run "$name" "$limit" "${graph[@]}" --set compile=true "${settings[@]}"
+done
 want seeds && run seeds 90 "${graph[@]}" --seeds 0-4 --batch-seeds --set eval_tasks=1000
 
 "$py" - "$out" "$card" "$iters" "$(( $(date +%s) - start ))" <<'EOF'
@@ -158,16 +173,26 @@ lines += ["", f"## omniglot-5w1s Reptile, {iters:,} meta-iterations", "",
           "| wall s | projected full preset |",
           "|---|---|---|---|---|---|---|---|"]
 periodic_full = full_iters // 1000 - 1
-for name, label in (("graph", "serial path (the preset's), CUDA graph"), ("graph-batched", "batched path, CUDA graph"),
-                    ("seeds", "5 seeds together, CUDA graph"),
-                    ("compiled-graph", "serial path, compiled and CUDA graph"),
-                    ("compiled-graph-cl", "serial path, compiled and CUDA graph, channels-last"),
-                    ("compiled-graph-matmul", "serial path, compiled and CUDA graph, conv_matmul"),
-                    ("compiled-graph-evalmm", "serial path, compiled and CUDA graph, eval_matmul"),
-                    ("compiled-graph-cl-evalmm", "serial path, compiled and CUDA graph, channels-last, eval_matmul"),
-                    ("compiled-graph-tf32", "serial path, compiled and CUDA graph, TF32 (changes results)"),
-                    ("compiled-graph-cl-evalmm-tf32",
-                     "serial path, compiled and CUDA graph, channels-last, eval_matmul, TF32 (changes results)")):
+
+
+def described(name: str) -> str:
+    """What the run `name` ran, from its config.json."""
+    try:
+        cfg = json.loads(next((out / f"results-{name}").glob("*/*/seed*/config.json")).read_text())
+    except (StopIteration, OSError, ValueError):
+        return name
+    parts = ["5 seeds together" if name == "seeds" else "batched path" if cfg["batched"] else "serial path"]
+    parts += [what for key, what in (("compile", "compiled"), ("cuda_graph", "CUDA graph"),
+                                     ("channels_last", "channels-last"), ("conv_matmul", "conv_matmul"),
+                                     ("eval_matmul", "eval_matmul"), ("cudnn_benchmark", "cudnn_benchmark"))
+              if cfg.get(key)]
+    if cfg.get("autocast", "off") != "off":
+        parts.append(f"{cfg['autocast'].upper()} (changes results)")
+    return ", ".join(parts)
+
+
+for name in (out / "runs.txt").read_text().split():
+    label = described(name)
     if not (out / f"{name}.rc").is_file():
         continue  # not run (STEPS)
     rc = (out / f"{name}.rc").read_text().strip()

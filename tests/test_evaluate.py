@@ -10,7 +10,7 @@ from algorithms import adapt, inner_optimizer
 from bench.config import load_config
 from bench.episodes import ClassSampler
 from bench.evaluate import evaluate, evaluate_splits, mean_ci95
-from bench.models import OmniglotCNN, task_loss
+from bench.models import OmniglotCNN, build_model, task_loss
 
 
 @pytest.fixture
@@ -106,7 +106,6 @@ def test_fast_evaluations_equal_the_plain_one(float64, monkeypatch, preset, chan
     from torch.utils._pytree import tree_flatten
 
     from bench import evaluate as ev
-    from bench.models import build_model
     from bench.speed import _sampler
     from conftest import InDefaultDtype
 
@@ -145,6 +144,41 @@ def test_fast_evaluations_equal_the_plain_one(float64, monkeypatch, preset, chan
     if fast_cfg.compile and preset != "sine":  # the step's images: one task's (4-D), or the chunk's (5-D)
         images = [shape for seen in shapes for call in seen for shape in call if len(shape) >= 4 and shape[-1] == 28]
         assert {len(shape) for shape in images[:1]} == {4 if fast_cfg.channels_last else 5}
+
+
+def test_later_compiled_evaluations_keep_the_first_ones_chunk_size(monkeypatch):
+    """With eval_chunk = 0 (by device), a run's first compiled evaluation fixes the chunk
+    size of its later ones: a final evaluation of many tasks after periodic ones of a few
+    reuses their compiled code (one shape: 4 tasks, the last chunk filled up), with the
+    plain evaluation's scores. The compiled functions here run uncompiled, recording the
+    tasks each call adapts or scores at once."""
+    from torch.utils._pytree import tree_flatten
+
+    from bench import evaluate as ev
+    from bench.speed import _sampler
+
+    seen = set()
+
+    def recording(fn, **how):
+        def call(*args):
+            seen.add(next(t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)).shape[0])
+            return fn(*args)
+        return call
+    monkeypatch.setattr(ev, "compile_fn", recording)
+    cfg = load_config("sine").replace(eval_steps=2, eval_chunk=0)
+    model = build_model(cfg)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    state = inner_optimizer(cfg).init(params)
+    plain_sampler, sampler = _sampler(cfg, "cpu"), _sampler(cfg, "cpu")
+    for tasks in (4, 10):
+        plain = evaluate(model, params, state, plain_sampler, cfg, tasks)
+        compiled = evaluate(model, params, state, sampler, cfg.replace(compile=True), tasks)
+        np.testing.assert_allclose(compiled.per_task, plain.per_task, rtol=1e-5)
+        assert compiled.tasks == tasks
+    assert seen == {4}
+    fresh = build_model(cfg)  # another network (another run): its own first size, the device's 25 at most
+    evaluate(fresh, params, state, _sampler(cfg, "cpu"), cfg.replace(compile=True), 30)
+    assert seen == {4, 25}
 
 
 def test_eval_matmul_makes_only_the_evaluations_convolutions_matrix_products(monkeypatch):

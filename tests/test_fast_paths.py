@@ -249,6 +249,22 @@ def test_tensorfloat32_follows_the_autocast_setting(autocast, tf32):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
+@pytest.mark.parametrize("benchmark", [False, True])
+def test_cudnn_benchmark_follows_its_setting(benchmark):
+    from bench.config import load_config
+    from bench.models import build_model, forward
+
+    cfg = load_config("omniglot-5w1s").replace(cudnn_benchmark=benchmark)
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = not benchmark
+        model = build_model(cfg)
+        forward(model, dict(model.named_parameters()), torch.zeros(2, 1, 28, 28), cfg)
+        assert torch.backends.cudnn.benchmark is benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def test_execution_only_settings_do_not_block_a_resume(tmp_path, capsys):
     from bench.checkpoint import differences
 

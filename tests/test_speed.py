@@ -269,6 +269,34 @@ def test_speed_writes_results_speed_device_csv_by_default(tmp_path, monkeypatch,
     assert naive["speedup_vs_naive_ci95_low"] == naive["speedup_vs_naive_ci95_high"] == "1.0"  # itself, every round
 
 
+def test_a_row_that_fails_is_reported_and_the_others_are_timed(tmp_path, monkeypatch, capsys):
+    """A row that cannot be built, or whose first call raises (an implementation a device
+    cannot run), is left out of the table with its error, one line; the other rows are
+    timed and written, and the command fails."""
+    real = speed.build
+
+    def build(algo, preset, impl, device):
+        if impl == "seeds":
+            raise ValueError("cannot build this row")
+        fn = real(algo, preset, impl, device)
+        if impl != "matmul":
+            return fn
+
+        def failing():
+            raise RuntimeError("NYI: no such kernel here\nthe rest of a long message")
+        return failing
+    monkeypatch.setattr(speed, "build", build)
+    out = tmp_path / "speed.csv"
+    assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu",
+                 "--no-compiled", "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    _, rows = read(out)
+    assert [r["implementation"] for r in rows] == ["batched", "serial", "channels-last", "naive", "passes"]
+    assert "not timed: joint on omniglot-5w1s, matmul: RuntimeError: NYI: no such kernel here\n" in printed
+    assert "not timed: joint on omniglot-5w1s, seeds: ValueError: cannot build this row\n" in printed
+    assert "the rest of a long message" not in printed and "| joint | omniglot-5w1s | naive |" in printed
+
+
 def test_speed_bf16_rows_on_request(tmp_path):
     out = tmp_path / "speed.csv"
     assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu",
@@ -369,13 +397,15 @@ def test_compiled_rows_by_default_where_the_path_compiles_in_seconds():
     assert implementations("reptile", "sine", False) == ["batched", "serial", "compiled", "seeds", "naive", "passes"]
     # on CUDA (graph rows): channels-last for the serial paths only, uncompiled
     assert implementations("joint", "omniglot-5w1s", False, graph=True) == [
-        "batched", "serial", "channels-last", "matmul", "compiled", "graph", "graph-batched", "compiled-graph", "seeds", "naive",
-        "passes"]
+        "batched", "serial", "channels-last", "matmul", "compiled", "graph", "graph-batched", "compiled-graph",
+        "compiled-graph-cl", "compiled-graph-matmul", "seeds", "naive", "passes"]
+    assert "compiled-graph-matmul" not in implementations("reptile", "sine", False, graph=True)
     # MAML's batched path compiles its whole meta-iteration (minutes): only with --compiled
     assert implementations("maml", "omniglot-5w1s-maml", False, graph=True) == [
         "batched", "serial", "matmul", "graph", "seeds", "naive"]
     on_cuda = implementations("maml", "omniglot-5w1s-maml", False, compiled=True, graph=True)
-    assert on_cuda == ["batched", "serial", "matmul", "compiled", "graph", "compiled-graph", "seeds", "naive"]
+    assert on_cuda == ["batched", "serial", "matmul", "compiled", "graph", "compiled-graph", "compiled-graph-matmul",
+                       "seeds", "naive"]  # no channels-last on CUDA's batched paths
     assert implementations("maml", "omniglot-5w1s-maml", False, compiled=True) == [
         "batched", "serial", "channels-last", "matmul", "compiled", "compiled-cl", "serial-compiled-cl", "seeds",
         "naive"]
