@@ -380,16 +380,15 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = None) -> Timings:
-    """Every (algo, preset, impl) of `combos` timed round-robin: `rounds` rounds, or fewer,
-    MIN_ROUNDS at least, once the rounds have taken `budget_s` (a slow or busy machine).
-    All implementations of a case run the same number of meta-iterations (so they see the
-    same episodes). A row whose warm-up raises is left out, its error kept (`failed`):
-    one implementation a device cannot run does not cost the others their times."""
+def warmed(combos: dict, warmup: int) -> tuple[dict, dict, dict]:
+    """Each of `combos` called `warmup` times (once at least), in turn: the first-call
+    costs (compilation, allocations, kernel selection, a CUDA graph's recording). Returns
+    the seconds of each one's last and first call, and the errors of those that raised
+    (one line each), which are not called again."""
     last: dict = {}
     first: dict = {}
     failed: dict = {}
-    for key, fn in combos.items():  # first-call costs: compilation, allocations, kernel selection
+    for key, fn in combos.items():
         try:
             for _ in range(max(warmup, 1)):
                 t0 = time.perf_counter()
@@ -400,6 +399,16 @@ def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = No
             failed[key] = _one_line(e)
             last.pop(key, None)
             first.pop(key, None)
+    return last, first, failed
+
+
+def time_all(combos: dict, warmup: int, rounds: int, budget_s: float | None = None) -> Timings:
+    """Every (algo, preset, impl) of `combos` timed round-robin: `rounds` rounds, or fewer,
+    MIN_ROUNDS at least, once the rounds have taken `budget_s` (a slow or busy machine).
+    All implementations of a case run the same number of meta-iterations (so they see the
+    same episodes). A row whose warm-up raises is left out, its error kept (`failed`):
+    one implementation a device cannot run does not cost the others their times."""
+    last, first, failed = warmed(combos, warmup)
     combos = {k: fn for k, fn in combos.items() if k not in failed}
     reps = {}
     for key in combos:
@@ -610,16 +619,27 @@ def _torch_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
+def rows_of(algos: list[str], device, learn2learn: bool, compiled: bool | None = None, bf16: bool | None = None,
+            only: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """The (algo, preset, implementation) rows of the table of `algos` on `device`
+    (`implementations`), those named in `only` alone when it is given."""
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+    return [(a, p, i) for a, p in cases(algos)
+            for i in implementations(a, p, learn2learn, compiled, bf16, device.type == "cuda")
+            if only is None or i in only]
+
+
 def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None = None,
-            threads: int | None = None, compiled: bool | None = None, bf16: bool | None = None
-            ) -> tuple[list[dict], dict]:
+            threads: int | None = None, compiled: bool | None = None, bf16: bool | None = None,
+            only: list[str] | None = None) -> tuple[list[dict], dict]:
     """Every case and implementation of `algos`, timed and measured; returns the CSV rows
     and what the run did: `warmup`, `rounds`, learn2learn's version (None when it is not
     installed), `matmul_n`, the size of the yardstick's matrices, and `matmul_forms`, the
     trial rates of its forms, the timed one first (`yardstick`), and `failed`, the rows
     that could not be built or run, by (algo, preset, impl), with their errors (no row of
     theirs is returned; the naive rows must run). `rounds` replaces the default (or
-    --quick's) and its time budget."""
+    --quick's) and its time budget; `only` names the implementations to time (the naive
+    rows, the speed-ups' base and the arithmetic's, always run)."""
     import torch
 
     from .models import set_precision
@@ -627,10 +647,7 @@ def measure(algos: list[str], device, *, quick: bool = False, rounds: int | None
 
     plan = _plan(quick, rounds)
     l2l = learn2learn_version()
-    bf16 = device.type == "cuda" if bf16 is None else bf16
-    graph = device.type == "cuda"
-    keys = [(a, p, i) for a, p in cases(algos)
-            for i in implementations(a, p, l2l is not None, compiled, bf16, graph)]
+    keys = rows_of(algos, device, l2l is not None, compiled, bf16, None if only is None else [*only, "naive"])
     with _torch_threads(threads):
         threads = torch.get_num_threads()
         set_precision("off")  # float32 for the peers' rows too (the suite's own set it in forward)
@@ -824,6 +841,13 @@ def add_parser(sub) -> None:
                         "inner step, and sine; the CNNs' batched paths and MAML: minutes)")
     s.add_argument("--bf16", action="store_true", default=None,
                    help="a `bf16` row (autocast=bf16) for every case; the default on CUDA")
+    s.add_argument("--implementations", default=None,
+                   help="comma-separated rows to run, from " + ", ".join(IMPLEMENTATIONS)
+                        + " (default: all that apply; the naive rows, the speed-ups' base, always run in the table)")
+    s.add_argument("--profile", action="store_true",
+                   help="profile the rows instead (torch.profiler, after each row's warm-up): per meta-iteration, "
+                        "the GPU's kernels or the CPU's operators, how many, their time and the costliest; "
+                        "writes results/speed/profile/<device>.csv")
     s.add_argument("--evaluation", action="store_true",
                    help="time the evaluation protocols instead (ms per test task: each preset's fine-tuning "
                         "and scoring, plain, compiled, with matrix-product convolutions, ...)")
@@ -848,6 +872,22 @@ def parse_algos(spec: str) -> list[str]:
     return list(dict.fromkeys(algos))
 
 
+def parse_implementations(spec: str | None) -> list[str] | None:
+    """The --implementations list (None: all), each name checked."""
+    from .config import _unknown
+    from .errors import ConfigError
+
+    if spec is None:
+        return None
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"--implementations {spec!r}: name at least one of {', '.join(IMPLEMENTATIONS)}")
+    for n in names:
+        if n not in IMPLEMENTATIONS:
+            raise _unknown("implementation", n, list(IMPLEMENTATIONS))
+    return list(dict.fromkeys(names))
+
+
 def main_speed(args) -> int:
     import torch
 
@@ -864,12 +904,23 @@ def main_speed(args) -> int:
         raise ConfigError("--tasks counts the test tasks of --evaluation: add --evaluation or drop --tasks")
     if args.tasks is not None and args.tasks < 1:
         raise ConfigError("--tasks must be 1 or more")
+    if args.evaluation and (args.profile or args.implementations is not None):
+        raise ConfigError("--evaluation times every evaluation protocol: drop --profile and --implementations")
+    only = parse_implementations(args.implementations)
     device = resolve_device(args.device)
     if args.evaluation:
         return _main_evaluation(args, device)
+    if only is not None and not rows_of(algos, device, True, args.compiled, args.bf16, only):
+        raise ConfigError(f"--implementations {args.implementations}: no such row of {', '.join(algos)} runs on "
+                          f"{device.type}; its rows: " + ", ".join(dict.fromkeys(
+                              i for *_, i in rows_of(algos, device, True, args.compiled, args.bf16))))
+    if args.profile:
+        from .profile import main_profile
+
+        return main_profile(args, algos, only, device)
     out = Path(args.out) if args.out else Path("results") / "speed" / f"{device.type}.csv"
     rows, run = measure(algos, device, quick=args.quick, rounds=args.rounds, threads=args.threads,
-                        compiled=args.compiled, bf16=args.bf16)
+                        compiled=args.compiled, bf16=args.bf16, only=only)
     print(f"{device.type}, torch {torch.__version__}, {rows[0]['threads']} threads; median time per "
           f"meta-iteration over {run['rounds']} round-robin rounds after {run['warmup']} warm-up; "
           f"{_intervals_said(run['rounds'])}; peak memory: "
@@ -921,6 +972,9 @@ def _written(out: Path, rows: list[dict], failed: dict) -> int:
 
     for (algo, preset, impl), error in failed.items():
         print(f"not timed: {algo} on {preset}, {impl}: {error}")
+    if not rows:
+        print(f"nothing to write to {out}")
+        return 1
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, rows)
     print(f"wrote {out}")

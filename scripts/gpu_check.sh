@@ -18,7 +18,8 @@
 #   SPEED_LIMIT  seconds the speed table may take (default 150; on a fresh machine its compiled rows compile
 #                from an empty cache)
 #   STEPS        the steps to run (default: tests,speed,compiled; the compiled variants in the order given):
-#                tests: the CUDA tests; speed: the speed table; evaluation: `bench speed --evaluation`,
+#                tests: the CUDA tests; speed: the speed table; profile: the compiled, graphed rows of
+#                omniglot-5w1s Reptile profiled (`bench speed --profile`); evaluation: `bench speed --evaluation`,
 #                the evaluation protocols plain, with matrix-product convolutions and in bf16, uncompiled;
 #                runs: the serial path and the batched one with CUDA graphs, uncompiled; compiled: the
 #                preset's serial path compiled step by step and replayed from a CUDA graph, the fastest;
@@ -75,6 +76,17 @@ if want evaluation; then
   echo "evaluation exit $?" >> "$out/evaluation.txt"
 else
   echo "not run (STEPS)" > "$out/evaluation.txt"
+fi
+
+# 2c. Where the fastest float32 steps spend their time: omniglot-5w1s Reptile's compiled and graphed rows under
+#     torch.profiler, their kernels per meta-iteration and the costliest ones.
+if want profile; then
+  timeout 120 "$py" -m bench speed --profile --device "$device" --algos reptile \
+    --implementations compiled-graph,compiled-graph-cl,compiled-graph-matmul --out "$out/profile.csv" \
+    > "$out/profile.txt" 2>&1
+  echo "profile exit $?" >> "$out/profile.txt"
+else
+  echo "not run (STEPS)" > "$out/profile.txt"
 fi
 
 # 3. Timed runs of omniglot-5w1s Reptile with the preset's own evaluation settings (a
@@ -161,6 +173,9 @@ if (out / "evaluation.csv").is_file():
               f"{speedup_text(r, 'speedup_vs_plain')} |" for r in rows]
 else:
     lines += ["No table: " + ((out / "evaluation.txt").read_text().strip().splitlines() or ["(empty)"])[-1]]
+lines += ["", "## Profile (`python -m bench speed --profile --algos reptile --implementations compiled-graph,"
+          "compiled-graph-cl,compiled-graph-matmul`), kernels per meta-iteration", "", "```",
+          (out / "profile.txt").read_text().strip(), "```"]
 lines += ["", f"## omniglot-5w1s Reptile, {iters:,} meta-iterations", "",
           "The preset's settings (a periodic evaluation of 100 tasks per split every 1,000 meta-iterations) with "
           "`cuda_graph = true`. The projection scales each part to the full preset: meta-training to 100,000 "

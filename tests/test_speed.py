@@ -297,6 +297,37 @@ def test_a_row_that_fails_is_reported_and_the_others_are_timed(tmp_path, monkeyp
     assert "the rest of a long message" not in printed and "| joint | omniglot-5w1s | naive |" in printed
 
 
+def test_implementations_picks_the_rows_and_the_naive_row_always_runs(tmp_path):
+    out = tmp_path / "speed.csv"
+    assert main(["speed", "--algos", "joint", "--implementations", "serial", "--quick", "--rounds", "1",
+                 "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    _, rows = read(out)
+    assert [r["implementation"] for r in rows] == ["serial", "naive"] and rows[0]["speedup_vs_naive"] != ""
+
+
+def test_profile_lists_each_rows_costliest_operators_per_meta_iteration(tmp_path, capsys):
+    from bench.profile import PROFILE_COLUMNS, PROFILE_ITERS, TOP
+
+    out = tmp_path / "profile.csv"
+    assert main(["speed", "--profile", "--algos", "joint", "--implementations", "serial,naive", "--threads", "1",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    header, rows = read(out)
+    assert header == list(PROFILE_COLUMNS)
+    for impl in ("serial", "naive"):
+        mine = [r for r in rows if r["implementation"] == impl]
+        assert [int(r["rank"]) for r in mine] == list(range(TOP + 1)) and mine[0]["name"] == "all"
+        total, listed = float(mine[0]["ms_per_meta_iter"]), [float(r["ms_per_meta_iter"]) for r in mine[1:]]
+        assert total > 0 and listed == sorted(listed, reverse=True) and sum(listed) <= total * 1.001
+        assert float(mine[0]["share"]) == 1.0 and all(0 < float(r["share"]) < 1 for r in mine[1:])
+        # joint training: one step per task, 5 tasks, the CNN's 4 convolutions each: 20 backward
+        # convolutions per meta-iteration
+        conv = next(r for r in mine if r["name"] == "aten::convolution_backward")
+        assert float(conv["calls_per_meta_iter"]) == 20
+        assert f"joint on omniglot-5w1s, {impl}: {float(mine[0]['calls_per_meta_iter']):g} operator calls" in printed
+    assert f"{PROFILE_ITERS} meta-iterations under torch.profiler" in printed
+
+
 def test_speed_bf16_rows_on_request(tmp_path):
     out = tmp_path / "speed.csv"
     assert main(["speed", "--algos", "joint", "--quick", "--rounds", "1", "--threads", "1", "--device", "cpu",
@@ -363,6 +394,10 @@ def test_speedup_pairs_the_rounds_and_brackets_their_median_ratio():
     (["--evaluation", "--tasks", "0"], "--tasks"),
     (["--tasks", "10"], "add --evaluation"),
     (["--device", "tpu"], "--device cpu"),
+    (["--implementations", "serial,fast"], "'fast'"),
+    (["--implementations", ","], "at least one"),
+    (["--implementations", "graph", "--device", "cpu"], "no such row of"),
+    (["--evaluation", "--profile"], "drop --profile"),
 ])
 def test_bad_speed_arguments_are_one_line_errors(tmp_path, capsys, argv, words):
     assert main(["speed", *argv, "--out", str(tmp_path / "x.csv")]) == 2
