@@ -119,16 +119,10 @@ def select_runs(spec: str | None) -> list[CheckRun]:
     """The check runs named in `spec` ("a,b"), all when None."""
     if spec is None:
         return list(RUNS)
-    from .config import _unknown
+    from .config import parse_names
 
     by_name = {r.name: r for r in RUNS}
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    if not names:
-        raise ConfigError(f"--runs {spec!r} names no run: choose from {', '.join(by_name)}")
-    for n in names:
-        if n not in by_name:
-            raise _unknown("check run", n, list(by_name))
-    return [by_name[n] for n in dict.fromkeys(names)]
+    return [by_name[n] for n in parse_names("--runs", spec, list(by_name), "check run")]
 
 
 # --- the reference file -------------------------------------------------------------

@@ -244,6 +244,18 @@ def _unknown(kind: str, name: str, known: list[str]) -> ConfigError:
     return ConfigError(f"unknown {kind} {name!r}: {hint}")
 
 
+def parse_names(option: str, spec: str, known: list[str], kind: str) -> list[str]:
+    """The names of a comma-separated option ("a,b"), each one of `known` (a `kind`),
+    in order, without repeats; a one-line ConfigError otherwise."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"{option} {spec!r}: name at least one of {', '.join(known)}")
+    for n in names:
+        if n not in known:
+            raise _unknown(kind, n, known)
+    return list(dict.fromkeys(names))
+
+
 def parse_value(key: str, raw: Any) -> Any:
     """Convert a TOML value or a `--set` string to the field's type, or raise ConfigError."""
     if key not in _FIELDS:

@@ -860,32 +860,16 @@ def add_parser(sub) -> None:
 
 
 def parse_algos(spec: str) -> list[str]:
-    from .config import _unknown
-    from .errors import ConfigError
+    from .config import parse_names
 
-    algos = [a.strip() for a in spec.split(",") if a.strip()]
-    if not algos:
-        raise ConfigError(f"--algos {spec!r}: name at least one of {', '.join(ALGOS)}")
-    for a in algos:
-        if a not in ALGOS:
-            raise _unknown("algorithm for speed", a, list(ALGOS))
-    return list(dict.fromkeys(algos))
+    return parse_names("--algos", spec, list(ALGOS), "algorithm for speed")
 
 
 def parse_implementations(spec: str | None) -> list[str] | None:
     """The --implementations list (None: all), each name checked."""
-    from .config import _unknown
-    from .errors import ConfigError
+    from .config import parse_names
 
-    if spec is None:
-        return None
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    if not names:
-        raise ConfigError(f"--implementations {spec!r}: name at least one of {', '.join(IMPLEMENTATIONS)}")
-    for n in names:
-        if n not in IMPLEMENTATIONS:
-            raise _unknown("implementation", n, list(IMPLEMENTATIONS))
-    return list(dict.fromkeys(names))
+    return None if spec is None else parse_names("--implementations", spec, list(IMPLEMENTATIONS), "implementation")
 
 
 def main_speed(args) -> int:
