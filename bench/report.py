@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from . import published
-from . import report_figures as figures
 from .errors import BenchError
 from .report_data import (SINE_FILE, VARIANCE_FILE, ReportError, Run, Skipped, curve_split, curves, discover,
                           finals, no_runs_error)
@@ -43,6 +42,14 @@ TIMESTAMP_PREFIX = "Generated "
 SETTINGS = ("meta_iters", "meta_batch", "inner_steps", "inner_lr", "eval_tasks", "transductive", "device")
 ENV_KEYS = ("python", "torch", "numpy", "bench", "platform", "device", "device_name", "cpu_threads", "git_commit")
 NOT_TESTED = "not tested (needs ≥2 seeds each)"
+
+
+def _figures():
+    """bench.report_figures (matplotlib and seaborn, about a second to import), imported
+    when a figure is drawn: every command imports this module for its parser."""
+    from . import report_figures
+
+    return report_figures
 
 
 # --- formatting -----------------------------------------------------------------
@@ -187,7 +194,7 @@ def _curves_section(section: Section, fin: pd.DataFrame, out_dir: Path, progress
     stem = out_dir / "figures" / f"{slug(section.key)}-curves"
     title = f"{preset}: {metric_label(metric, split)}\n{scale_note(fin)}"
     top = 100.0 if metric == "accuracy" else None
-    _written(figures.learning_curves(df, method_order(runs), metric_label(metric, split), title, stem, top),
+    _written(_figures().learning_curves(df, method_order(runs), metric_label(metric, split), title, stem, top),
              out_dir, progress)
     every = distinct(sorted(r.config.get("eval_every_tasks", "?") for r in runs))
     last = ("; the last point of each test curve is the final evaluation on "
@@ -362,7 +369,7 @@ def _gradsum_section(runs: list[Run], fin: pd.DataFrame, out_dir: Path, progress
     stem = out_dir / "figures" / "gradient-combinations"
     title = (f"Meta-gradient combinations, 5-way 5-shot Omniglot: {metric_label(metric, split)}\n"
              f"{scale_note(fin[fin['preset'].isin(presets)])}")
-    _written(figures.gradient_combinations(df, order, metric_label(metric, split), title, stem), out_dir, progress)
+    _written(_figures().gradient_combinations(df, order, metric_label(metric, split), title, stem), out_dir, progress)
     return head + [_figure_md(stem, out_dir, "gradient combinations"), "",
                    f"Curves: {', '.join(order)}. One curve per meta-gradient (mean over seeds, 95% "
                    "t-interval band): g_i is the gradient of the i-th inner step, mean(...) the sum divided "
@@ -405,7 +412,7 @@ def _variance_section(secs: list[Section], out_dir: Path, progress: bool, fin: p
         order = list(dict.fromkeys(method_order(all_runs) + sorted(set(var["method"]))))
         stem = out_dir / "figures" / f"{slug(sec.key)}-variance"
         title = f"{sec.preset}: meta-gradient statistics\n{scale_note(fin[fin['section'] == sec.title])}"
-        _written(figures.variance(var, std, order, metric_label(metric, split), title, stem), out_dir, progress)
+        _written(_figures().variance(var, std, order, metric_label(metric, split), title, stem), out_dir, progress)
         lines += [f"### {sec.title}", "", _figure_md(stem, out_dir, f"{sec.title} variance"), ""]
     return lines
 
@@ -430,7 +437,7 @@ def _sine_section(secs: list[Section], out_dir: Path, progress: bool, fin: pd.Da
                 panels.append((f"{r.method} (seed {r.seed})", r.sine))
         stem = out_dir / "figures" / f"{slug(sec.key)}-sine"
         title = f"{sec.preset}: predictions on one test task\n{scale_note(fin[fin['section'] == sec.title])}"
-        _written(figures.sine_predictions(panels, title, stem), out_dir, progress)
+        _written(_figures().sine_predictions(panels, title, stem), out_dir, progress)
         lines += [f"### {sec.title}", "", _figure_md(stem, out_dir, f"{sec.title} sine predictions"), ""]
     return lines
 

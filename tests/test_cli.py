@@ -97,6 +97,15 @@ def test_presets_lists_every_preset():
         assert name in out.stdout
 
 
+def test_the_command_line_starts_without_the_plotting_libraries():
+    # every command imports every subcommand's module for its parser; the report's figures
+    # (matplotlib, seaborn) are imported when one is drawn
+    code = "import sys, bench.cli; print(sorted(m for m in ('matplotlib', 'seaborn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_omniglot_smoke_run(tmp_path, omniglot_data):
     out = bench("run", "--algo", "reptile", *TINY_OMNIGLOT, "--results", str(tmp_path), "--data",
                 str(omniglot_data), "--device", "cpu", "--no-progress")
