@@ -1,4 +1,4 @@
-"""Command line: `python -m bench run|sweep|reproduce|check|presets|report|variance|speed|memory|demo ...`."""
+"""Command line: `python -m bench run|sweep|reproduce|status|check|presets|report|variance|speed|memory|demo ...`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from . import check, demo, memory, reevaluate, report, reproduce, speed, sweep, variance
+from . import check, demo, memory, reevaluate, report, reproduce, speed, status, sweep, variance
 from .config import available_presets, load_config, parse_overrides, preset_values
 from .errors import BenchError
 
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_parser(sub)
     reproduce.add_parser(sub)
     speed.add_parser(sub)
+    status.add_parser(sub)
     sweep.add_parser(sub)
     variance.add_parser(sub)
     return p
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"memory": memory.main_memory, "report": report.main_report, "check": check.main_check,
                     "demo": demo.main_demo, "evaluate": reevaluate.main_evaluate,
                     "sweep": sweep.main_sweep, "reproduce": reproduce.main_reproduce,
-                    "speed": speed.main_speed, "variance": variance.main_variance}
+                    "speed": speed.main_speed, "status": status.main_status, "variance": variance.main_variance}
         if args.command in commands:
             return commands[args.command](args)
         from .runner import run_seeds  # imports torch: keep `presets` instant

@@ -14,6 +14,7 @@
 # Every run is an ordinary `python -m bench run` with the CPU's speed settings (compile and
 # channels_last, which change cost, not results); `--resume` makes the script safe to stop
 # and start again: a finished run is kept, an unfinished one continues from its checkpoint.
+# `python -m bench status RESULTS_DIR` shows how far each run is and its time left.
 #
 # Each seed runs in a process of its own with one thread (OMP_NUM_THREADS=1), all at once:
 # on 2 cores, two Reptile seeds took 100 to 102 minutes together. The report is rebuilt from
