@@ -54,7 +54,7 @@ def main_reproduce(args: argparse.Namespace) -> int:
     if not jobs:
         raise BenchError(f"--algos {args.algos} selects no row of the {args.table} table: "
                          "choose among maml, fomaml, reptile")
-    if args.dry_run:
+    if args.dry_run and not args.status:
         options = options_from(args)
         for unit in units(jobs, options.batch_seeds):
             print(" ".join(unit_argv(unit, options)[1:]).replace("-m bench", "python -m bench", 1))

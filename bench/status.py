@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BenchError
-from .results import FAILED, FINISHED, RUNNING, STATE, is_locked, read_state
+from .results import FAILED, FINISHED, RUNNING, STATE, has_run, is_locked, read_state
 
 RUN_MARKERS = ("config.json", "final.json", STATE)
 RECENT = 10
@@ -56,7 +56,7 @@ class RunStatus:
 
     @property
     def left_s(self) -> float | None:
-        if self.state in (FINISHED, FAILED) or None in (self.step, self.meta_iters, self.ms_per_iter):
+        if self.state in (FINISHED, FAILED, NOT_STARTED) or None in (self.step, self.meta_iters, self.ms_per_iter):
             return None
         return max(self.meta_iters - self.step, 0) * self.ms_per_iter / 1000
 
@@ -159,6 +159,26 @@ def run_status(folder: Path, root: Path) -> RunStatus:
     return RunStatus(rel, state, step, meta_iters, ms, result)
 
 
+NOT_STARTED = "not started"
+
+
+def planned_status(folder: Path, root: Path, meta_iters: int) -> RunStatus:
+    """A planned run's status (a sweep's or a paper table's, `--status`): `run_status`, or
+    "not started" when its folder holds no run yet."""
+    if has_run(folder):
+        return run_status(folder, root)
+    return RunStatus(folder.relative_to(root).as_posix(), NOT_STARTED, 0, meta_iters, None, "")
+
+
+def print_statuses(statuses: list[RunStatus], as_json: bool) -> None:
+    """The table (`table`), or with `as_json` one JSON object per run."""
+    if as_json:
+        for s in statuses:
+            print(json.dumps({**s.__dict__, "left_s": s.left_s}, sort_keys=True))
+    else:
+        print("\n".join(table(statuses)))
+
+
 def run_folders(root: Path) -> list[Path]:
     """Every run folder under `root` (any depth; `root` itself when it is one), sorted."""
     return sorted({p.parent for name in RUN_MARKERS for p in root.rglob(name) if p.is_file()})
@@ -212,9 +232,5 @@ def main_status(args: argparse.Namespace) -> int:
     if not statuses:
         print(f"no runs in {root}: start one with `python -m bench run --algo reptile --results {root}`")
         return 0
-    if args.json:
-        for s in statuses:
-            print(json.dumps({**s.__dict__, "left_s": s.left_s}, sort_keys=True))
-    else:
-        print("\n".join(table(statuses)))
+    print_statuses(statuses, args.json)
     return 0

@@ -51,9 +51,11 @@ class Job:
     def settings(self) -> dict[str, str]:
         return dict(self.overrides)
 
+    def config(self):
+        return load_config(self.preset, self.settings, algo=self.algo)
+
     def folder(self, results: Path) -> Path:
-        cfg = load_config(self.preset, self.settings, algo=self.algo)
-        return run_dir(results, self.preset, run_method(self.algo, cfg, self.preset), self.seed)
+        return run_dir(results, self.preset, run_method(self.algo, self.config(), self.preset), self.seed)
 
     def name(self, results: Path) -> str:
         return self.folder(results).relative_to(results).as_posix()
@@ -268,6 +270,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "(run --seeds ... --batch-seeds): fewer, larger jobs, for a GPU")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the jobs as Ray tasks: on the cluster at ADDRESS, or a local one started now")
+    p.add_argument("--status", action="store_true",
+                   help="print where each of these runs stands (not started, running, stopped, finished, failed; "
+                        "as `python -m bench status`) and stop")
+    p.add_argument("--json", action="store_true", help="with --status: one JSON object per run")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs each run claims (default 1)")
     p.add_argument("--gpu-fraction", type=float, default=0.25,
                    help="Ray: the fraction of a GPU each run claims where runs use a GPU (default 0.25)")
@@ -291,8 +297,21 @@ def options_from(args: argparse.Namespace) -> Options:
                    args.batch_seeds)
 
 
+def show_status(jobs: list[Job], args: argparse.Namespace) -> int:
+    """`--status`: each job's run as `python -m bench status` shows it, "not started" for one
+    with no folder yet; nothing runs."""
+    from .status import planned_status, print_statuses
+
+    results = Path(args.results)
+    print_statuses([planned_status(job.folder(results), results, job.config().meta_iters) for job in jobs], args.json)
+    return 0
+
+
 def execute_and_report(jobs: list[Job], args: argparse.Namespace) -> int:
-    """Run the jobs as the command line asked; exit code 1 when any run did not finish."""
+    """Run the jobs as the command line asked (`--status`: say where they stand); exit code 1
+    when any run did not finish."""
+    if args.status:
+        return show_status(jobs, args)
     from .checkpoint import parse_every
 
     parse_every(args.checkpoint_every)  # fail before anything starts

@@ -119,3 +119,28 @@ def test_bad_or_empty_folder(tmp_path, capsys):
     assert code == 2 and out.err.startswith("error: results folder ") and out.err.count("\n") == 1
     code, out = status(capsys, tmp_path)
     assert code == 0 and out.out.startswith(f"no runs in {tmp_path}: start one with ")
+
+
+def test_sweep_and_reproduce_status_list_every_planned_run_and_start_none(tmp_path, capsys):
+    tiny = ["--set", "meta_iters=40", "--set", "eval_tasks=10", "--set", "eval_every=20", "--set", "log_every=10"]
+    assert main(["run", "--algo", "reptile", "--preset", "sine", *tiny, "--results", str(tmp_path),
+                 "--device", "cpu", "--no-progress"]) == 0
+    before = files(tmp_path)
+    capsys.readouterr()
+    assert main(["sweep", "--preset", "sine", "--algos", "reptile,joint", "--seeds", "0,1", *tiny,
+                 "--results", str(tmp_path), "--status", "--json"]) == 0
+    seen = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(s["path"], s["state"], s["meta_iters"]) for s in seen] == [
+        ("sine/reptile/seed0", "finished", 40), ("sine/reptile/seed1", "not started", 40),
+        ("sine/joint/seed0", "not started", 40), ("sine/joint/seed1", "not started", 40)]
+    assert files(tmp_path) == before  # nothing ran, no log was written
+
+    from bench.reproduce import table_jobs
+
+    assert main(["reproduce", "--table", "omniglot", "--seeds", "0-2", "--results", str(tmp_path / "none"),
+                 "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    planned = len(table_jobs("omniglot", [0, 1, 2], {}))
+    assert lines[-1] == f"{planned} run(s): {planned} not started" and len(lines) == planned + 2
+    assert lines[1].split()[1:4] == ["not", "started", "0/60,000"]
+    assert not (tmp_path / "none").exists()
