@@ -50,6 +50,7 @@ from PIL import Image
 
 from .data.omniglot import IMAGE_SIZE, SOURCE_SIZE, preprocess
 from .errors import BenchError
+from .learner import Learner, load_learner, read_json
 
 DEFAULT_PORT = 8765
 MAX_BODY = 4 * 2**20
@@ -141,47 +142,44 @@ def input_png(pixels: np.ndarray) -> str:
 # --- checkpoints ----------------------------------------------------------------------------
 
 
-def _config(values: dict[str, Any], preset: Any):
-    """A Config from saved settings; a setting added since the run takes its preset's value."""
-    from .config import Config, available_presets, load_config, validate
-
-    fields_ = Config.__dataclass_fields__
-    known = {k: v for k, v in values.items() if k in fields_}
-    missing = sorted(set(fields_) - set(known))
-    if missing:
-        if preset not in available_presets():
-            raise BenchError(f"its settings lack {', '.join(missing)} and its preset {preset!r} is unknown")
-        base = load_config(preset).to_dict()
-        known.update({k: base[k] for k in missing})
-    return validate(Config(**known))
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 @dataclass
 class DemoModel:
-    """A checkpoint ready to classify drawings: the initialisation, the inner optimizer
-    state evaluation starts from, and the evaluation settings of its run."""
+    """A checkpoint ready to classify drawings: a `bench.learner.Learner` (the
+    initialisation, the inner optimizer state evaluation starts from, and the evaluation
+    settings of its run) and what the page shows about it."""
 
-    path: Path
-    """The checkpoint file."""
+    learner: Learner
     info: dict[str, Any]
     """What the page shows about it (JSON)."""
-    train_cfg: Any
-    cfg: Any
-    """The settings evaluation runs with (the run's protocol applied)."""
-    run: dict[str, Any]
-    """The run's identity as its checkpoint records it (settings, algo, preset, seed, protocol)."""
-    model: Any
-    params: dict
-    state: dict
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def path(self) -> Path:
+        return self.learner.path
+
+    @property
+    def cfg(self):
+        """The settings evaluation runs with (the run's protocol applied)."""
+        return self.learner.cfg
+
+    @property
+    def train_cfg(self):
+        return self.learner.train_cfg
+
+    @property
+    def run(self) -> dict[str, Any]:
+        """The run's identity as its checkpoint records it (settings, algo, preset, seed, protocol)."""
+        return self.learner.run
+
+    @property
+    def params(self) -> dict:
+        """The initialisation."""
+        return self.learner.params
+
+    @property
+    def state(self) -> dict:
+        """The inner optimizer state fine-tuning starts from."""
+        return self.learner.state
 
     @property
     def ways(self) -> int:
@@ -193,40 +191,30 @@ class DemoModel:
         the N classes' outputs, the prediction, each fine-tuning step's loss and the time."""
         import torch
 
-        from algorithms import adapt, inner_optimizer
-
-        from .episodes import minibatch_plan
-        from .models import forward, task_loss
-
-        cfg, n = self.cfg, len(support)
-        if not 2 <= n <= cfg.ways:
-            raise DrawingError(f"{n} classes drawn: this model tells 2 to {cfg.ways} classes apart")
+        n = len(support)
+        if not 2 <= n <= self.ways:
+            raise DrawingError(f"{n} classes drawn: this model tells 2 to {self.ways} classes apart")
         start = time.perf_counter()
-        x = torch.from_numpy(np.asarray(support, np.float32))[:, None]  # (N, 1, 28, 28), 1.0 = background
-        y = torch.arange(n)
-        q = torch.from_numpy(np.asarray(query, np.float32))[None, None]
-        # The evaluation's minibatch plan (bench.episodes): eval_steps batches of eval_batch,
-        # without replacement, reshuffled whenever the N drawings run out.
-        plan = torch.from_numpy(minibatch_plan(np.random.default_rng(SEED), n, cfg.eval_steps, cfg.eval_batch))
-        with self.lock, torch.no_grad():  # torch.func.grad inside still differentiates
-            adapted, _, losses = adapt(task_loss(self.model, cfg), inner_optimizer(cfg), self.params, self.state,
-                                       x[plan], y[plan])
-            # As bench.evaluate scores a query: alone (transductive, one query here) or in a
-            # batch with the support set (batch norm uses the batch's statistics).
-            batch = q if cfg.transductive else torch.cat([x, q])
-            logits = forward(self.model, adapted, batch, cfg)[-1, :n]
-            probs = torch.softmax(logits.double(), 0)
+        x = np.asarray(support, np.float32)[:, None]  # (N, 1, 28, 28), 1.0 = background
+        q = np.asarray(query, np.float32)[None, None]
+        with self.lock:
+            # The evaluation's minibatch plan (bench.episodes): eval_steps batches of eval_batch,
+            # without replacement, reshuffled whenever the N drawings run out.
+            adapted, losses = self.learner.adapt(x, np.arange(n), seed=SEED)
+            logits = self.learner.outputs(adapted, x, q)[0, :n]
+        probs = torch.softmax(logits.double(), 0)
         return {"probabilities": probs.tolist(), "predicted": int(probs.argmax()),
                 "losses": losses.tolist(), "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _describe(run: dict[str, Any], cfg, train_cfg, final: dict[str, Any] | None, step: Any) -> dict[str, Any]:
+def _describe(learner: Learner) -> dict[str, Any]:
+    run, cfg, final = learner.run, learner.cfg, learner.final
     accuracy = None
     if final and final.get("metric") == "accuracy":
         accuracy = {k: final.get(k) for k in ("value", "ci95", "tasks", "transductive")}
     return {"algo": run.get("algo"), "preset": run.get("preset"), "seed": run.get("seed"),
-            "ways": cfg.ways, "shots": cfg.shots, "meta_iters": train_cfg.meta_iters,
-            "step": step if isinstance(step, int) else None, "accuracy": accuracy,
+            "ways": cfg.ways, "shots": cfg.shots, "meta_iters": learner.train_cfg.meta_iters,
+            "step": learner.step, "accuracy": accuracy,
             "eval_protocol": (run.get("eval_protocol") or {}).get("name", "shared"),
             "fine_tuning": {"optimizer": cfg.inner_optimizer, "lr": cfg.inner_lr, "beta1": cfg.inner_beta1,
                             "steps": cfg.eval_steps, "batch": cfg.eval_batch, "inner_state": cfg.inner_state,
@@ -235,82 +223,14 @@ def _describe(run: dict[str, Any], cfg, train_cfg, final: dict[str, Any] | None,
 
 def load_model(path: str | Path) -> DemoModel:
     """The Omniglot classifier in a run folder (its checkpoint.pt) or checkpoint file,
-    with its run's evaluation settings. Raises BenchError (one line) for a missing,
-    unreadable or foreign file, or a run that is not Omniglot classification."""
-    import torch
-
-    from .models import build_model
-    from .protocols import Protocol, eval_config
-
-    path = Path(path)
-    file = path / "checkpoint.pt" if path.is_dir() else path
-    if not file.is_file():
-        where = f"{path} holds no checkpoint.pt" if path.is_dir() else f"{path} does not exist"
-        raise BenchError(f"{where}: give a run folder written by `python -m bench run` (or its checkpoint.pt) "
-                         "with --checkpoint")
-    folder = file.parent
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated, foreign or unsafe file: all the same to the user
-        raise BenchError(f"{file} is not a readable checkpoint ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:160]}): give a run folder written by `python -m bench run`"
-                         ) from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("params"), dict):
-        raise BenchError(f"{file} holds no network weights ('params'): give a run's checkpoint.pt")
-    saved = _read_json(folder / "config.json") or {}
-    run = ckpt.get("run") if isinstance(ckpt.get("run"), dict) else saved
-    values = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else saved
-    preset = ckpt.get("preset", run.get("preset"))
-    if values.get("task") != "omniglot":
-        kind = f"a {values['task']} run" if values.get("task") else "a checkpoint without its settings"
-        raise BenchError(f"{file} is {kind}, not an Omniglot classification run: the demo needs a checkpoint "
-                         "of an Omniglot preset (e.g. results/omniglot-5w1s/reptile/seed0)")
-    try:
-        train_cfg = _config(values, preset)
-        protocol = run.get("eval_protocol") or {}
-        settings = protocol.get("settings") or {}
-        cfg = eval_config(train_cfg, Protocol(protocol.get("name", "shared"), protocol.get("source", ""), settings))
-    except BenchError as e:
-        raise BenchError(f"{file}: {e}") from None
-    with torch.random.fork_rng():  # its random initial weights are replaced: leave the global generator be
-        model = build_model(train_cfg)
-    expected = {k: tuple(v.shape) for k, v in model.named_parameters()}
-    params = ckpt["params"]
-    got = {k: tuple(v.shape) for k, v in params.items() if isinstance(v, torch.Tensor)}
-    if got != expected:
-        raise BenchError(f"{file}: its weights do not fit the suite's Omniglot network for {train_cfg.ways} ways "
-                         "(other parameter names or shapes): give a checkpoint written by this suite")
-    params = {k: params[k].detach().float() for k in expected}
-    state = _start_state(file, cfg, train_cfg, params, ckpt.get("inner_state") or {})
-    final = _read_json(folder / "final.json")
-    run = {**run, "algo": run.get("algo", ckpt.get("algo")), "preset": preset,
-           "seed": run.get("seed", ckpt.get("seed"))}
-    info = _describe(run, cfg, train_cfg, final, ckpt.get("step"))
-    return DemoModel(file, info, train_cfg, cfg, run, model, params, state)
-
-
-def _start_state(file: Path, cfg, train_cfg, params: dict, saved: dict) -> dict:
-    """The inner optimizer state fine-tuning starts from, as `bench.evaluate` chooses it:
-    the carried one under inner_state = "carry", a fresh one otherwise."""
-    from algorithms import inner_optimizer
-
-    fresh = inner_optimizer(cfg).init(params)
-    if cfg.inner_state != "carry":
-        return fresh
-    state = {}
-    for key, value in fresh.items():
-        if key in saved:
-            state[key] = saved[key].detach().to(value.dtype)
-        elif key.startswith("m.") and cfg.inner_beta1 == 0:
-            # With beta1 = 0 Adam's first moment is the current gradient alone
-            # (m = 0 * m + 1 * g): the carried one is never read, so exports leave it out.
-            state[key] = value
-        else:
-            raise BenchError(f"{file}: evaluation carries the inner optimizer state (inner_state = \"carry\") but "
-                             f"the checkpoint lacks {key!r}: give the run's own checkpoint.pt")
-        if state[key].shape != value.shape:
-            raise BenchError(f"{file}: its inner optimizer state {key!r} does not fit the network")
-    return state
+    with its run's evaluation settings (`bench.learner.load_learner`). Raises BenchError
+    (one line) for a missing, unreadable or foreign file, or a run that is not Omniglot
+    classification."""
+    learner = load_learner(path)
+    if learner.train_cfg.task != "omniglot":
+        raise BenchError(f"{learner.path} is a {learner.train_cfg.task} run, not an Omniglot classification run: "
+                         "the demo needs a checkpoint of an Omniglot preset (e.g. results/omniglot-5w1s/reptile/seed0)")
+    return DemoModel(learner, _describe(learner))
 
 
 def export_model(source: str | Path, out: str | Path) -> Path:
@@ -334,13 +254,13 @@ def export_model(source: str | Path, out: str | Path) -> Path:
                 "algo": m.run.get("algo"), "preset": m.run.get("preset"), "seed": m.run.get("seed"),
                 "step": m.info["step"]}, out / "checkpoint.pt")
     folder = m.path.parent
-    config, final = _read_json(folder / "config.json"), _read_json(folder / "final.json")
+    config, final = read_json(folder / "config.json"), read_json(folder / "final.json")
     if config is None:
         config = {**m.train_cfg.to_dict(), **{k: v for k, v in m.run.items() if k not in m.train_cfg.to_dict()}}
     write_json(out / "config.json", config)
     if final is not None:
         write_json(out / "final.json", final)
-    env, marker = _read_json(folder / "env.json") or {}, _read_json(folder / "state.json") or {}
+    env, marker = read_json(folder / "env.json") or {}, read_json(folder / "state.json") or {}
     write_json(out / "source.json", {
         "made_by": _run_command(config),
         "exported_by": f"python -m bench demo --checkpoint {shlex.quote(str(source))} --export {shlex.quote(str(out))}",
@@ -382,7 +302,7 @@ def find_checkpoints(results: Path) -> list[Path]:
     """The run checkpoints under `results` whose config.json says Omniglot, sorted."""
     found = []
     for file in sorted(Path(results).rglob("checkpoint.pt")):
-        config = _read_json(file.parent / "config.json")
+        config = read_json(file.parent / "config.json")
         if config and config.get("task") == "omniglot":
             found.append(file)
     return found

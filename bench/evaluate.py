@@ -71,17 +71,24 @@ def mean_ci95(values: np.ndarray) -> tuple[float, float | None]:
     return mean, half
 
 
-def _score(model: nn.Module, cfg: Config, params: Params, support_x, query_x, query_y):
-    """Per-task score of one adapted task (vmapped over tasks by the caller)."""
+def query_outputs(model: nn.Module, cfg: Config, params: Params, support_x, query_x) -> torch.Tensor:
+    """The network's outputs for one adapted task's queries, as they are scored: the sine
+    task's values and transductive logits from the queries in one batch; otherwise each
+    query's logits from a batch of the support set and that query (batch norm then
+    normalises with the support set's statistics)."""
     def f(x):
         return forward(model, params, x, cfg)
+    if cfg.task == "sine" or cfg.transductive:
+        return f(query_x)
+    return vmap(lambda q: f(torch.cat([support_x, q[None]]))[-1])(query_x)
+
+
+def _score(model: nn.Module, cfg: Config, params: Params, support_x, query_x, query_y):
+    """Per-task score of one adapted task (vmapped over tasks by the caller)."""
+    out = query_outputs(model, cfg, params, support_x, query_x)
     if cfg.task == "sine":
-        return ((f(query_x) - query_y) ** 2).mean()
-    if cfg.transductive:
-        logits = f(query_x)
-    else:
-        logits = vmap(lambda q: f(torch.cat([support_x, q[None]]))[-1])(query_x)
-    return (logits.argmax(-1) == query_y).float().mean()
+        return ((out - query_y) ** 2).mean()
+    return (out.argmax(-1) == query_y).float().mean()
 
 
 def _adapted(model: nn.Module, cfg: Config, loss, opt: InnerOptimizer, params: Params, state: State,
