@@ -16,24 +16,31 @@ import argparse
 from .config import parse_overrides
 from .errors import BenchError
 from .published import PAPER_TABLES, table_runs
-from .sweep import Job, add_options, execute_and_report, options_from, parse_seeds, unit_argv, units
+from .sweep import Job, add_options, execute_and_report, options_from, parse_seeds, units
 
 
 def table_jobs(table: str, seeds: list[int], overrides: dict[str, str], algos: list[str] | None = None) -> list[Job]:
     """The sweep of a paper table: each row's preset and algorithm, transduction pinned
     as the row says, the seeds, then the common overrides (which may not override
-    transduction: it is what tells the rows apart)."""
+    transduction: it is what tells the rows apart). A row that differs from an earlier
+    one only in transduction (Reptile's "+ transduction") gets that row's run as its
+    `source`: meta-training never reads transduction, so its run is the other's scored
+    again (`bench evaluate --set transductive=...`), not a second meta-training."""
     if table not in PAPER_TABLES:
         raise BenchError(f"unknown table {table!r}: choose one of {', '.join(PAPER_TABLES)}")
     if "transductive" in overrides:
         raise BenchError("--set transductive is decided by each table row (with and without transduction): "
                          "leave it out")
-    jobs = []
+    jobs: list[Job] = []
+    trained: dict[tuple, Job] = {}  # (preset, algo, seed) -> the job that meta-trains it
     for _, preset, algo, transductive in table_runs(table):
         if algos and algo not in algos:
             continue
         items = (("transductive", str(transductive).lower()), *overrides.items())
-        jobs += [Job(preset, algo, seed, items) for seed in seeds]
+        for seed in seeds:
+            job = Job(preset, algo, seed, items, source=trained.get((preset, algo, seed)))
+            trained.setdefault((preset, algo, seed), job)
+            jobs.append(job)
     return jobs
 
 
@@ -56,7 +63,8 @@ def main_reproduce(args: argparse.Namespace) -> int:
                          "choose among maml, fomaml, reptile")
     if args.dry_run and not args.status:
         options = options_from(args)
-        for unit in units(jobs, options.batch_seeds):
-            print(" ".join(unit_argv(unit, options)[1:]).replace("-m bench", "python -m bench", 1))
+        for unit in units(jobs, options):
+            for argv in unit.commands(options):
+                print(" ".join(argv[1:]).replace("-m bench", "python -m bench", 1))
         return 0
     return execute_and_report(jobs, args)

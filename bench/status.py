@@ -162,12 +162,12 @@ def run_status(folder: Path, root: Path) -> RunStatus:
 NOT_STARTED = "not started"
 
 
-def planned_status(folder: Path, root: Path, meta_iters: int) -> RunStatus:
+def planned_status(folder: Path, root: Path, meta_iters: int, plan: str = "") -> RunStatus:
     """A planned run's status (a sweep's or a paper table's, `--status`): `run_status`, or
-    "not started" when its folder holds no run yet."""
+    "not started" when its folder holds no run yet, with `plan` as its result."""
     if has_run(folder):
         return run_status(folder, root)
-    return RunStatus(folder.relative_to(root).as_posix(), NOT_STARTED, 0, meta_iters, None, "")
+    return RunStatus(folder.relative_to(root).as_posix(), NOT_STARTED, 0, meta_iters, None, plan)
 
 
 def print_statuses(statuses: list[RunStatus], as_json: bool) -> None:

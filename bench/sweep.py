@@ -6,7 +6,10 @@ each job is exactly the command a person would type: `python -m bench run ...
 `<results>/logs/<preset>/<method>/seed<k>.log`. `--resume` makes every job safe to
 start again: a finished run is left alone, an unfinished one continues from its
 checkpoint, a missing one starts. So rerunning a sweep after a crash, a
-preemption or a Ctrl-C finishes what is left and repeats nothing.
+preemption or a Ctrl-C finishes what is left and repeats nothing. A run that differs
+from another of the sweep only in evaluation settings (`Job.source`: `bench reproduce`'s
+"Reptile + transduction") is made by `python -m bench evaluate` of that run, right
+after its training in the same job, not by a second meta-training.
 
 Before anything runs, every job's settings are checked (a bad one stops the sweep
 with one line and no file written), and every existing run folder is compared
@@ -34,7 +37,7 @@ from typing import Any
 
 from .config import load_config, parse_overrides
 from .errors import BenchError
-from .results import FAILED, FINISHED, read_state, run_dir, run_method
+from .results import FAILED, FINISHED, has_run, read_state, run_dir, run_method
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ class Job:
     seed: int
     overrides: tuple[tuple[str, str], ...] = ()
     """`--set` values, in order."""
+    source: "Job | None" = None
+    """A job whose run differs from this one's only in evaluation settings (the Reptile
+    paper's "Reptile" for its "Reptile + transduction"): this run is then made by scoring
+    that one's again (`bench evaluate`), not by meta-training it a second time, when its
+    folder holds no run yet (`rescores`)."""
 
     @property
     def settings(self) -> dict[str, str]:
@@ -59,6 +67,23 @@ class Job:
 
     def name(self, results: Path) -> str:
         return self.folder(results).relative_to(results).as_posix()
+
+    def rescores(self, results: Path) -> bool:
+        """Whether the sweep makes this run by scoring its source's again: it has a source
+        and its folder holds no run (a run there, even unfinished, is resumed as it is)."""
+        return self.source is not None and not has_run(self.folder(results))
+
+    def rescore_argv(self, options: "Options") -> list[str]:
+        """`python -m bench evaluate` of the source's run with the settings in which this
+        job differs from it, into this job's folder."""
+        assert self.source is not None
+        source = self.source.settings
+        sets = [a for k, v in self.overrides if source.get(k) != v for a in ("--set", f"{k}={v}")]
+        extra = [*(["--data", options.data] if options.data else []),
+                 *(["--device", options.device] if options.device else [])]
+        return [sys.executable, "-m", "bench", "evaluate", str(self.source.folder(options.results)), *sets,
+                "--out", str(self.folder(options.results)), *extra, "--eval-protocol", options.eval_protocol,
+                "--no-progress"]
 
     def argv(self, options: "Options", seeds: list[int] | None = None) -> list[str]:
         """The job's command; with `seeds`, the command that trains those seeds of the same
@@ -132,49 +157,73 @@ def check_jobs(jobs: list[Job], options: Options) -> None:
                              "sweep into another --results folder, or remove that run")
 
 
-def execute(argv: list[str], log: str, threads: int | None) -> dict[str, Any]:
-    """Run one job's command with its output appended to `log`; its exit code and the
-    last line it printed on stderr. Module-level, so Ray can ship it to any node."""
+def execute(commands: list[list[str]], log: str, threads: int | None) -> dict[str, Any]:
+    """Run a unit's commands one after another, their output appended to `log`, until one
+    fails; the last exit code and the last line it printed on stderr. Module-level, so
+    Ray can ship it to any node."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if threads:
         env.setdefault("OMP_NUM_THREADS", str(threads))
     start = time.monotonic()
     with open(log, "ab") as out:
-        out.write(f"$ {' '.join(argv)}\n".encode())
-        out.flush()
-        proc = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, env=env)
-        out.write(proc.stderr)
+        for argv in commands:
+            out.write(f"$ {' '.join(argv)}\n".encode())
+            out.flush()
+            proc = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, env=env)
+            out.write(proc.stderr)
+            if proc.returncode:
+                break
     lines = [line for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     return {"returncode": proc.returncode, "message": (errors or lines or [""])[-1],
             "seconds": time.monotonic() - start}
 
 
-Unit = tuple[Job, ...]
-"""The jobs one process runs: one job, or with --batch-seeds the seeds of one preset,
-algorithm and settings, trained together."""
+@dataclass(frozen=True)
+class Unit:
+    """What one sequence of processes does: train `jobs` (one job, or with --batch-seeds the
+    seeds of one preset, algorithm and settings, together), then make the `rescored` runs
+    by scoring theirs again (`Job.source`)."""
+
+    jobs: tuple[Job, ...]
+    rescored: tuple[Job, ...] = ()
+
+    @property
+    def all_jobs(self) -> tuple[Job, ...]:
+        return self.jobs + self.rescored
+
+    def commands(self, options: Options) -> list[list[str]]:
+        train = []
+        if self.jobs:
+            seeds = [job.seed for job in self.jobs] if len(self.jobs) > 1 else None
+            train = [self.jobs[0].argv(options, seeds)]
+        return train + [job.rescore_argv(options) for job in self.rescored]
+
+    def log(self, options: Options) -> str:
+        first = self.all_jobs[0]
+        name = first.name(options.results)
+        if len(self.jobs) > 1:  # <preset>/<method>/seeds0,1,2
+            name = f"{name.rsplit('/', 1)[0]}/seeds{','.join(str(job.seed) for job in self.jobs)}"
+        return str(options.results / "logs" / f"{name}.log")
 
 
-def units(jobs: list[Job], batch_seeds: bool) -> list[Unit]:
-    if not batch_seeds:
-        return [(job,) for job in jobs]
+def units(jobs: list[Job], options: Options) -> list[Unit]:
+    """The jobs as units: each run to train alone or, with batch_seeds, with the other seeds
+    of its preset, algorithm and settings; each run made by rescoring (`Job.rescores`)
+    after its source's training, or alone when its source is not in `jobs` (finished)."""
+    rescored = [job for job in jobs if job.rescores(options.results)]
+    trained = [job for job in jobs if job not in rescored]
     groups: dict[tuple, list[Job]] = {}
-    for job in jobs:
-        groups.setdefault((job.preset, job.algo, job.overrides), []).append(job)
-    return [tuple(group) for group in groups.values()]
-
-
-def unit_argv(unit: Unit, options: Options) -> list[str]:
-    """The command that runs a unit's jobs."""
-    return unit[0].argv(options, [job.seed for job in unit] if len(unit) > 1 else None)
-
-
-def _log(unit: Unit, options: Options) -> str:
-    name = unit[0].name(options.results)
-    if len(unit) > 1:  # <preset>/<method>/seeds0,1,2
-        name = f"{name.rsplit('/', 1)[0]}/seeds{','.join(str(job.seed) for job in unit)}"
-    return str(options.results / "logs" / f"{name}.log")
+    for job in trained:
+        key = (job.preset, job.algo, job.overrides) + (() if options.batch_seeds else (job.seed,))
+        groups.setdefault(key, []).append(job)
+    after: dict[Job, list[Job]] = {}
+    alone = []
+    for job in rescored:
+        (after.setdefault(job.source, []) if job.source in trained else alone).append(job)
+    out = [Unit(tuple(group), tuple(r for job in group for r in after.get(job, ()))) for group in groups.values()]
+    return out + [Unit((), (job,)) for job in alone]
 
 
 def _run_local(todo: list[Unit], options: Options, workers: int):
@@ -182,7 +231,7 @@ def _run_local(todo: list[Unit], options: Options, workers: int):
     if options.device != "cuda":
         threads = max(1, (os.cpu_count() or 1) // workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(execute, unit_argv(unit, options), _log(unit, options), threads): unit
+        futures = {pool.submit(execute, unit.commands(options), unit.log(options), threads): unit
                    for unit in todo}
         for future in as_completed(futures):
             yield futures[future], future.result()
@@ -207,7 +256,7 @@ def _run_ray(todo: list[Unit], options: Options, address: str | None, cpus: floa
         wants_gpu = options.device == "cuda" or (options.device is None and gpus > 0)
         task = ray.remote(num_cpus=cpus, num_gpus=gpu_fraction if wants_gpu else 0)(execute)
         threads = max(1, int(cpus))
-        refs = {task.remote(unit_argv(unit, options), _log(unit, options), threads): unit for unit in todo}
+        refs = {task.remote(unit.commands(options), unit.log(options), threads): unit for unit in todo}
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -236,12 +285,12 @@ def run_sweep(jobs: list[Job], options: Options, *, workers: int = 1, ray_addres
         return []
     echo(f"{len(todo)} of {len(jobs)} runs to do ({len(jobs) - len(todo)} finished already); "
          f"logs in {options.results / 'logs'}")
-    todo_units = units(todo, options.batch_seeds)
+    todo_units = units(todo, options)
     runner = (_run_ray(todo_units, options, ray_address, cpus_per_run, gpu_fraction) if use_ray
               else _run_local(todo_units, options, max(1, workers)))
     summaries = []
     for unit, result in runner:
-        for job in unit:
+        for job in unit.all_jobs:
             state = read_state(job.folder(options.results)) or {}
             name = job.name(options.results)
             ok = result["returncode"] == 0 and state.get("state") == FINISHED
@@ -303,7 +352,13 @@ def show_status(jobs: list[Job], args: argparse.Namespace) -> int:
     from .status import planned_status, print_statuses
 
     results = Path(args.results)
-    print_statuses([planned_status(job.folder(results), results, job.config().meta_iters) for job in jobs], args.json)
+
+    def plan(job: Job) -> str:
+        if not job.rescores(results):
+            return ""
+        return f"to be scored again from {job.source.folder(results).relative_to(results).as_posix()}"
+    print_statuses([planned_status(job.folder(results), results, job.config().meta_iters, plan(job))
+                    for job in jobs], args.json)
     return 0
 
 

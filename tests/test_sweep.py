@@ -132,18 +132,27 @@ def test_reproduce_queues_every_row_of_a_paper_table(table, runs, capsys):
     for s in settings:
         for algo, preset, transductive in (("maml", f"{table}-{s}-maml", "true"),
                                            ("fomaml", f"{table}-{s}-maml", "true"),
-                                           ("reptile", f"{table}-{s}", "false"),
-                                           ("reptile", f"{table}-{s}", "true")):
+                                           ("reptile", f"{table}-{s}", "false")):
             expected = (f"python -m bench run --algo {algo} --preset {preset} --seed 2 "
                         f"--set transductive={transductive} --set meta_iters=1000 ")
             assert any(c.startswith(expected) and c.endswith("--resume --no-progress") for c in commands), expected
+        # "Reptile + transduction": the Reptile run scored again, right after its training.
+        trained = commands.index(f"python -m bench run --algo reptile --preset {table}-{s} --seed 2 "
+                                 "--set transductive=false --set meta_iters=1000 --results results --eval-protocol "
+                                 "shared --checkpoint-every 60s --resume --no-progress")
+        assert commands[trained + 1] == (
+            f"python -m bench evaluate results/{table}-{s}/reptile/seed2 --set transductive=true --out "
+            f"results/{table}-{s}/reptile-transductive/seed2 --eval-protocol shared --no-progress")
+    assert sum(" evaluate " in c for c in commands) == 3 * len(settings)
 
 
 def test_reproduce_with_batch_seeds_queues_one_command_per_row(capsys):
     assert main(["reproduce", "--table", "omniglot", "--seeds", "0-4", "--batch-seeds", "--dry-run"]) == 0
     commands = capsys.readouterr().out.splitlines()
-    assert len(commands) == 16 and all(" --seeds 0,1,2,3,4 --batch-seeds " in c for c in commands)
-    assert len(set(commands)) == 16
+    trained = [c for c in commands if " evaluate " not in c]
+    assert len(trained) == 12 and all(" --seeds 0,1,2,3,4 --batch-seeds " in c for c in trained)
+    assert len(set(trained)) == 12
+    assert len(commands) == 12 + 4 * 5  # each seed of each column's Reptile run scored again, transductively
 
 
 def test_transductive_variant_gets_its_own_run_folder(tmp_path):
@@ -151,3 +160,35 @@ def test_transductive_variant_gets_its_own_run_folder(tmp_path):
         assert main(["run", "--algo", "reptile", *TINY, *extra, "--results", str(tmp_path), "--device", "cpu",
                      "--no-progress"]) == 0
     assert sorted(p.name for p in (tmp_path / "sine").iterdir()) == ["reptile", "reptile-transductive"]
+
+
+def test_a_run_differing_only_in_evaluation_is_scored_from_its_source_not_trained_again(tmp_path, capsys):
+    from bench.sweep import Job, Options, run_sweep
+
+    items = (("meta_iters", "30"), ("eval_tasks", "10"), ("eval_every", "10"), ("eval_every_tasks", "5"),
+             ("log_every", "10"))
+    source = Job("sine", "reptile", 0, (("transductive", "false"), *items))
+    rescored = Job("sine", "reptile", 0, (("transductive", "true"), *items), source=source)
+    options = Options(tmp_path, device="cpu")
+    summaries = run_sweep([source, rescored], options, echo=lambda line: None)
+    assert [s["state"] for s in summaries] == ["finished", "finished"]
+    trained, scored = tmp_path / "sine" / "reptile" / "seed0", tmp_path / "sine" / "reptile-transductive" / "seed0"
+    config = json.loads((scored / "config.json").read_text())
+    assert config["transductive"] is True and config["evaluated_from"]["run"] == "../../reptile/seed0"
+    assert config["evaluated_from"]["settings"] == {"transductive": True}
+    assert not (scored / "checkpoint.pt").exists()  # nothing was meta-trained for it
+    log = (tmp_path / "logs" / "sine" / "reptile" / "seed0.log").read_text()
+    assert [line.split()[4] for line in log.splitlines() if line.startswith("$ ")] == ["run", "evaluate"]
+
+    # Its source finished, the scored run missing: only the scoring runs again.
+    before = files(trained)
+    for f in scored.iterdir():
+        f.unlink()
+    assert [s["run"] for s in run_sweep([source, rescored], options, echo=lambda line: None)] == \
+        ["sine/reptile-transductive/seed0"]
+    assert files(trained) == before and state(scored)["state"] == "finished"
+    assert run_sweep([source, rescored], options, echo=lambda line: None) == []  # all finished: nothing to do
+
+    # A run already in its folder, even unfinished, is resumed as a run, never replaced.
+    (scored / "final.json").unlink()
+    assert not rescored.rescores(tmp_path) and Job("sine", "joint", 0, items, source=source).rescores(tmp_path)
