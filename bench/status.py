@@ -109,8 +109,9 @@ def _result(final: dict[str, Any]) -> str:
 
 
 def resume_command(folder: Path, config: dict[str, Any]) -> str | None:
-    """The command that continues a run: its algorithm, preset, seed and `--set` values,
-    its results folder (three levels above the run's), and `--resume`."""
+    """The command that continues a run: its algorithm, preset, seed, `--set` values,
+    device and evaluation protocol, its results folder (three levels above the run's),
+    and `--resume`."""
     if not all(k in config for k in ("algo", "preset", "seed")) or config.get("evaluated_from"):
         return None
     argv = ["python", "-m", "bench", "run", "--algo", str(config["algo"]), "--preset", str(config["preset"]),
@@ -119,6 +120,11 @@ def resume_command(folder: Path, config: dict[str, Any]) -> str | None:
         argv += ["--set", f"{key}={value}"]
     if config.get("device"):
         argv += ["--device", str(config["device"])]
+    protocol = (config.get("eval_protocol") or {}).get("name", "shared")
+    if config.get("own_protocol"):
+        argv += ["--eval-protocol", "both"]
+    elif protocol != "shared":
+        argv += ["--eval-protocol", "own"]
     argv += ["--results", str(folder.parent.parent.parent), "--resume"]
     return shlex.join(argv)
 

@@ -11,7 +11,7 @@ import sys
 import time
 
 from bench.cli import main
-from bench.status import recent_ms_per_iter
+from bench.status import recent_ms_per_iter, resume_command
 
 SINE = ["--preset", "sine", "--set", "meta_iters=2000", "--set", "eval_tasks=20", "--set", "eval_every=1000",
         "--set", "eval_every_tasks=5", "--set", "log_every=50"]
@@ -144,3 +144,15 @@ def test_sweep_and_reproduce_status_list_every_planned_run_and_start_none(tmp_pa
     assert lines[-1] == f"{planned} run(s): {planned} not started" and len(lines) == planned + 2
     assert lines[1].split()[1:4] == ["not", "started", "0/60,000"]
     assert not (tmp_path / "none").exists()
+
+
+def test_the_resume_command_keeps_the_evaluation_protocol(tmp_path):
+    run = tmp_path / "results" / "omniglot-5w1s-maml" / "maml" / "seed3"
+    config = {"algo": "maml", "preset": "omniglot-5w1s-maml", "seed": 3, "overrides": {"meta_iters": "100"},
+              "device": "cuda", "eval_protocol": {"name": "shared"}, "own_protocol": {"name": "maml-paper"}}
+    assert resume_command(run, config) == (
+        "python -m bench run --algo maml --preset omniglot-5w1s-maml --seed 3 --set meta_iters=100 --device cuda "
+        f"--eval-protocol both --results {tmp_path / 'results'} --resume")
+    own = {**config, "eval_protocol": {"name": "maml-paper"}, "own_protocol": None}
+    assert "--eval-protocol own --results" in resume_command(run, own)
+    assert resume_command(run, {**config, "evaluated_from": {"run": "../../x"}}) is None
