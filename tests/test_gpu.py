@@ -232,3 +232,21 @@ def test_channels_last_serial_path_on_cuda_matches_the_default_order(float64):
         state = inner_optimizer(c).init(params)
         scores.append(evaluate(model, params, state, InDefaultDtype(_sampler(c, "cuda")), c, 6).per_task)
     np.testing.assert_array_equal(scores[1], scores[0])
+
+
+def test_learner_on_cuda_matches_the_cpu():
+    # bench.load_learner(device="cuda"): the shipped Omniglot model fine-tuned on the same
+    # support set (50 Adam steps, carried state) gives the CPU's losses and predictions
+    import bench
+    from bench.demo import shipped_model
+
+    gen = torch.Generator().manual_seed(0)
+    support = (torch.rand(5, 1, 28, 28, generator=gen) > 0.2).float()
+    query = (torch.rand(7, 1, 28, 28, generator=gen) > 0.2).float()
+    out = {}
+    for device in ("cpu", "cuda"):
+        learner = bench.load_learner(shipped_model(), device=device)
+        adapted, losses = learner.adapt(support, torch.arange(5), seed=1)
+        out[device] = losses.cpu(), learner.outputs(adapted, support, query).cpu()
+    torch.testing.assert_close(out["cuda"][0], out["cpu"][0], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(out["cuda"][1], out["cpu"][1], rtol=1e-3, atol=1e-3)
