@@ -12,6 +12,7 @@ import threading
 from . import check, demo, memory, reevaluate, report, reproduce, speed, status, sweep, variance
 from .config import available_presets, load_config, parse_overrides, preset_values
 from .errors import BenchError
+from .fast import with_fast
 
 PRESET_COLUMNS = ("task", "ways", "shots", "train_shots", "inner_optimizer", "inner_lr", "inner_steps",
                   "inner_batch", "meta_batch", "meta_iters", "eval_steps", "eval_batch")
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-every", default="60s", metavar="N|Ns|Nm",
                    help="checkpoint every N meta-iterations, or every N seconds/minutes of meta-training "
                         "(default 60s); where checkpoints fall never changes a result")
+    r.add_argument("--fast", action="store_true",
+                   help="add the execution settings measured fastest for the device and the preset's path "
+                        "(compile, cuda_graph, channels_last, ...; they change cost, not results); --set wins")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("presets", help="list the presets and their key settings")
@@ -109,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         seeds = sweep.parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
         overrides = parse_overrides(args.overrides)
         cfg = load_config(args.preset, overrides, algo=args.algo)
+        if args.fast:
+            from .runner import resolve_device
+
+            overrides, added = with_fast(overrides, cfg, args.algo, resolve_device(args.device).type,
+                                         args.batch_seeds)
+            print(added, file=sys.stderr)
+            cfg = load_config(args.preset, overrides, algo=args.algo)
         with _sigterm_unwinds():
             finals = run_seeds(cfg, algo=args.algo, preset=args.preset, seeds=seeds, batch_seeds=args.batch_seeds,
                                results=args.results, data=args.data, device=args.device, force=args.force,

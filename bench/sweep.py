@@ -37,6 +37,7 @@ from typing import Any
 
 from .config import load_config, parse_overrides
 from .errors import BenchError
+from .fast import with_fast
 from .results import FAILED, FINISHED, has_run, read_state, run_dir, run_method
 
 
@@ -96,7 +97,7 @@ class Job:
         return [sys.executable, "-m", "bench", "run", "--algo", self.algo, "--preset", self.preset,
                 *which, *sets, "--results", str(options.results), *extra,
                 "--eval-protocol", options.eval_protocol, "--checkpoint-every", options.checkpoint_every,
-                "--resume", "--no-progress"]
+                *(["--fast"] if options.fast else []), "--resume", "--no-progress"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ class Options:
     checkpoint_every: str = "60s"
     batch_seeds: bool = False
     """Train the seeds of each (preset, algorithm, settings) together, as one job."""
+    fast: bool = False
+    """Every run with `--fast` (the execution settings measured fastest for its device)."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -143,6 +146,9 @@ def check_jobs(jobs: list[Job], options: Options) -> None:
     seen: dict[Path, Job] = {}
     for job in jobs:
         cfg = load_config(job.preset, job.settings, algo=job.algo)
+        if options.fast and not job.rescores(options.results):  # as `run --fast` will resolve them
+            cfg = load_config(job.preset, with_fast(job.settings, cfg, job.algo, device.type, options.batch_seeds)[0],
+                              algo=job.algo)
         try:
             evals = preflight(cfg, job.algo, options.eval_protocol)
         except BenchError as e:
@@ -272,7 +278,7 @@ def run_sweep(jobs: list[Job], options: Options, *, workers: int = 1, ray_addres
     """Check every job, then run them; returns one summary per job (name, state,
     message, seconds), in the order they ended."""
     options = Options(Path(options.results).resolve(), options.data, options.device, options.eval_protocol,
-                      options.checkpoint_every, options.batch_seeds)
+                      options.checkpoint_every, options.batch_seeds, options.fast)
     check_jobs(jobs, options)
     todo = []
     for job in jobs:
@@ -314,6 +320,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-protocol", default="shared", choices=("shared", "own", "both"))
     p.add_argument("--checkpoint-every", default="60s", metavar="N|Ns|Nm")
     p.add_argument("--workers", type=int, default=1, help="runs at once on this machine (default 1)")
+    p.add_argument("--fast", action="store_true",
+                   help="every run with --fast: the execution settings measured fastest for its device and path")
     p.add_argument("--batch-seeds", action="store_true",
                    help="train the seeds of each algorithm together, in one process and one computation "
                         "(run --seeds ... --batch-seeds): fewer, larger jobs, for a GPU")
@@ -343,7 +351,7 @@ def options_from(args: argparse.Namespace) -> Options:
     if not 0 < args.gpu_fraction <= 1 or args.cpus_per_run <= 0:
         raise BenchError("--gpu-fraction must be in (0, 1] and --cpus-per-run above 0: e.g. --gpu-fraction 0.25")
     return Options(Path(args.results), args.data, args.device, args.eval_protocol, args.checkpoint_every,
-                   args.batch_seeds)
+                   args.batch_seeds, args.fast)
 
 
 def show_status(jobs: list[Job], args: argparse.Namespace) -> int:
