@@ -192,3 +192,15 @@ def test_a_run_differing_only_in_evaluation_is_scored_from_its_source_not_traine
     # A run already in its folder, even unfinished, is resumed as a run, never replaced.
     (scored / "final.json").unlink()
     assert not rescored.rescores(tmp_path) and Job("sine", "joint", 0, items, source=source).rescores(tmp_path)
+
+
+def test_reproduce_one_column(capsys):
+    assert main(["reproduce", "--table", "omniglot", "--columns", "5w5s", "--seeds", "0", "--dry-run"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert [c.split()[3:8:2] for c in commands[:3]] == [
+        ["run", "maml", "omniglot-5w5s-maml"], ["run", "fomaml", "omniglot-5w5s-maml"],
+        ["run", "reptile", "omniglot-5w5s"]]
+    assert len(commands) == 4 and commands[3].startswith(
+        "python -m bench evaluate results/omniglot-5w5s/reptile/seed0 --set transductive=true ")
+    assert main(["reproduce", "--table", "miniimagenet", "--columns", "20w1s", "--dry-run"]) == 2
+    assert "unknown column '20w1s'" in capsys.readouterr().err
