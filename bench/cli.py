@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from . import check, demo, memory, reevaluate, report, reproduce, speed, status, sweep, variance
+from . import __version__, check, demo, memory, reevaluate, report, reproduce, speed, status, sweep, variance
 from .config import available_presets, load_config, parse_overrides, preset_values
 from .errors import BenchError
 from .fast import with_fast
@@ -20,6 +20,7 @@ PRESET_COLUMNS = ("task", "ways", "shots", "train_shots", "inner_optimizer", "in
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--version", action="version", version=f"bench {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="meta-train one algorithm with one seed and evaluate it")

@@ -193,3 +193,12 @@ def test_memory_compares_both_maml_backwards():
     assert all(float(c) >= 0 for r in rows for c in r[1:])
     bad = bench("memory", "--steps", "0")
     assert bad.returncode == 2 and "--steps" in bad.stderr
+
+
+def test_version(capsys):
+    import bench
+    from bench.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"bench {bench.__version__}\n"
