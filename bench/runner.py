@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from algorithms import ALGORITHMS, QUERY_ALGORITHMS, fomaml, inner_optimizer, maml, parse_terms
+from algorithms import ALGORITHMS, fomaml, inner_optimizer, maml, parse_terms
 from algorithms.inner import compile_fn, compiled_units
 from algorithms.base import MetaStep
 
@@ -33,6 +33,7 @@ from .errors import BenchError, ConfigError, TrainingDiverged
 from .evaluate import evaluate, evaluate_splits, sine_predictions
 from .graphs import GraphedFunction, check_device
 from .models import build_model, check_layout, laid_out, set_precision, task_loss
+from .plugins import load_algorithms, uses_query
 from .protocols import eval_config, protocols, scored
 from .results import (FAILED, FINISHED, RUNNING, CHECKPOINT, MetricsWriter, RunLock, check_writable, clear_run,
                       clear_temporaries, environment, has_run, read_state, run_dir, run_method,
@@ -73,7 +74,7 @@ def train_episodes(sampler, cfg: Config, algo: str) -> Episode:
     is the query ("tail"), as in the reference code and the paper's g_k: with a shared
     tail it is the last planned minibatch of the same examples; with a separate tail it
     is `query_shots` further examples per class, held out from the other minibatches."""
-    if algo not in QUERY_ALGORITHMS:
+    if not uses_query(algo):
         return sampler.sample(cfg.meta_batch, cfg.train_shots, 0, cfg.inner_steps, cfg.inner_batch)
     if cfg.tail == "separate":
         return sampler.sample(cfg.meta_batch, cfg.train_shots, cfg.query_shots, cfg.inner_steps - 1,
@@ -145,10 +146,10 @@ def meta_iteration(compute, algo: str, params, inner_state, sampler, meta_opt, c
 
 def check_algorithm_settings(cfg: Config, algo: str) -> None:
     """The settings only some algorithms read, checked for those algorithms."""
-    if algo in QUERY_ALGORITHMS and cfg.inner_steps < 2:
+    if uses_query(algo) and cfg.inner_steps < 2:
         raise ConfigError(f"{algo} needs inner_steps >= 2 (the last inner minibatch is the query): "
                           "--set inner_steps=2 or more; one step is joint training (--algo joint)")
-    if algo in QUERY_ALGORITHMS and cfg.tail == "separate" and cfg.query_shots == 0:
+    if uses_query(algo) and cfg.tail == "separate" and cfg.query_shots == 0:
         raise ConfigError(f"{algo} with tail=separate needs held-out query examples: --set query_shots=1 or more")
     if algo == "gradsum" and max(parse_terms(cfg.meta_grads)) > cfg.inner_steps:
         raise ConfigError(f"meta_grads={cfg.meta_grads} names a step beyond inner_steps={cfg.inner_steps}: "
@@ -159,7 +160,7 @@ def preflight(cfg: Config, algo: str, eval_protocol: str) -> list:
     """The checks of a run's settings that need no file (the algorithm, the settings it
     reads, ways and shots against the data's sizes, the evaluation protocols); returns
     the (protocol, evaluation config) pairs, the shared or own one first."""
-    if algo not in ALGORITHMS:
+    if algo not in load_algorithms():
         raise _unknown("algorithm", algo, sorted(ALGORITHMS))
     check_algorithm_settings(cfg, algo)
     check_sizes(cfg)

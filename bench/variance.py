@@ -74,11 +74,13 @@ def measure_run(run: Path, algos: list[str], tasks: int, *, data=None, device=No
 
     from .config import _unknown, algo_settings, available_presets, saved_config
     from .models import build_model, task_loss
+    from .plugins import load_algorithms
     from .results import write_csv
     from .runner import check_algorithm_settings, resolve_device, train_episodes
     from .tasks import TaskData
 
     cfg, saved = saved_config(run, RUN_HINT)
+    load_algorithms()
     for a in algos:
         if a not in ALGORITHMS:
             raise _unknown("algorithm", a, sorted(ALGORITHMS))
