@@ -11,10 +11,12 @@ States:
 - `finished`: the final evaluation is written; its value with the interval over test tasks;
 - `running`: a process holds the run's lock now (on this machine);
 - `stopped`: marked running, but no process holds its lock: it was killed (a lost machine,
-  SIGKILL, a session's end); the same command with `--resume` continues it from its last
+  SIGKILL, a closed terminal); the same command with `--resume` continues it from its last
   checkpoint, and the command is printed;
+- `running?`: marked running by another host, where alone its lock can be checked;
 - `failed`: the run's own message (a divergence, an error), with its last good checkpoint;
-- `incomplete`: files of a run but no state marker and no final evaluation.
+- `incomplete`: files of a run but no state marker and no final evaluation;
+- `not started`: a run a sweep plans (`sweep --status`, `reproduce --status`) with no folder yet.
 
 For unfinished runs: the latest logged meta-iteration, the recent cost per meta-iteration
 (the median over the last logged intervals of the training clock, which leaves out the
