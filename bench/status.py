@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BenchError
+from .learner import read_json
 from .results import FAILED, FINISHED, RUNNING, STATE, has_run, is_locked, read_state
 
 RUN_MARKERS = ("config.json", "final.json", STATE)
@@ -61,14 +62,6 @@ class RunStatus:
         if self.state in (FINISHED, FAILED, NOT_STARTED) or None in (self.step, self.meta_iters, self.ms_per_iter):
             return None
         return max(self.meta_iters - self.step, 0) * self.ms_per_iter / 1000
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _train_rows(path: Path) -> tuple[list[tuple[int, float]], float | None]:
@@ -134,7 +127,7 @@ def resume_command(folder: Path, config: dict[str, Any]) -> str | None:
 def run_status(folder: Path, root: Path) -> RunStatus:
     """Where the run in `folder` stands (see the module's docstring)."""
     rel = folder.relative_to(root).as_posix() if folder != root else folder.name
-    config = _json(folder / "config.json")
+    config = read_json(folder / "config.json") or {}
     marker = read_state(folder) or {}
     state = marker.get("state") or "incomplete"
     meta_iters = config.get("meta_iters") if isinstance(config.get("meta_iters"), int) else None
@@ -142,7 +135,7 @@ def run_status(folder: Path, root: Path) -> RunStatus:
     step = clock[-1][0] if clock else marker.get("step")
     ms = recent_ms_per_iter(clock)
     if state == FINISHED:
-        final = _json(folder / "final.json")
+        final = read_json(folder / "final.json") or {}
         return RunStatus(rel, state, meta_iters if meta_iters is not None else step, meta_iters,
                          final.get("ms_per_meta_iter"), _result(final))
     result = f"train loss {loss:.4g}" if loss is not None else ""

@@ -145,7 +145,7 @@ def check_jobs(jobs: list[Job], options: Options) -> None:
     device = resolve_device(options.device)
     seen: dict[Path, Job] = {}
     for job in jobs:
-        cfg = load_config(job.preset, job.settings, algo=job.algo)
+        cfg = job.config()
         if options.fast and not job.rescores(options.results):  # as `run --fast` will resolve them
             cfg = load_config(job.preset, with_fast(job.settings, cfg, job.algo, device.type, options.batch_seeds)[0],
                               algo=job.algo)
